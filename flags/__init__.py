@@ -1,0 +1,3 @@
+"""flags (see DESIGN.md §2)."""
+
+__all__: list[str] = []

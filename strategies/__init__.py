@@ -1,0 +1,3 @@
+"""strategies (see DESIGN.md §2)."""
+
+__all__: list[str] = []
