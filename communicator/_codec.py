@@ -1,0 +1,306 @@
+r"""The two wire forms of a message: the Snap! text line and JSON.
+
+Text line::
+
+    [<from_server:from_service ][server:][service/]COMMAND[ name=value;...]
+
+In values ``\`` is written ``\\``, LF ``\n`` and CR ``\r``; a value that
+holds ``;`` or starts with ``"`` is double-quoted, with ``\"`` inside. A
+payload starting with ``{`` is the JSON form. Decoding never raises anything
+but :class:`MessageError`, which names the problem and its position.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from communicator._errors import MessageError
+from communicator._message import (
+    _SURROGATE_RE,
+    ALL_SERVERS,
+    BROADCAST_SERVICES,
+    Message,
+    command_problem,
+    name_problem,
+)
+
+#: Largest payload accepted, in bytes (MQTT allows 256 MiB; nobody needs that here).
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+_JSON_FIELDS = ("command", "server", "service", "sent_from_server", "sent_from_service")
+_UNESCAPE = {"\\": "\\", "n": "\n", "r": "\r", '"': '"'}
+WireForm = Literal["text", "json"]
+
+
+# -- text form -------------------------------------------------------------------------------
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    if ";" in value or value.startswith('"'):
+        return '"' + value.replace('"', '\\"') + '"'
+    return value
+
+
+def format_line(message: Message) -> str:
+    """Write a message in the Snap! text form."""
+    parts = []
+    if message.sent_from_server or message.sent_from_service:
+        parts.append(f"<{message.sent_from_server}:{message.sent_from_service} ")
+    if message.server:
+        parts.append(f"{message.server}:")
+    if message.service:
+        parts.append(f"{message.service}/")
+    parts.append(message.command)
+    if message.parameters:
+        parts.append(" ")
+        parts.append(";".join(f"{k}={_escape(v)}" for k, v in message.parameters.items()))
+    return "".join(parts)
+
+
+def _check(problem: str | None, position: int) -> None:
+    if problem is not None:
+        raise MessageError(problem, position)
+
+
+def _parse_header(line: str) -> tuple[dict[str, Any], int]:
+    """Parse everything before the parameters; return the fields and where parameters start."""
+    fields: dict[str, Any] = {}
+    pos = 0
+    if line.startswith("<"):
+        end = line.find(" ")
+        if end < 0:
+            raise MessageError("'<from_server:from_service' must be followed by a space", 0)
+        origin = line[1:end]
+        if ":" not in origin:
+            raise MessageError("'<from_server:from_service' needs a ':' between the names", 1)
+        from_server, from_service = origin.split(":", 1)
+        if from_server:
+            _check(name_problem("sent_from_server", from_server), 1)
+        if from_service:
+            _check(name_problem("sent_from_service", from_service), 2 + len(from_server))
+        fields["sent_from_server"] = from_server
+        fields["sent_from_service"] = from_service
+        pos = end + 1
+    end = line.find(" ", pos)
+    if end < 0:
+        end = len(line)
+    target = line[pos:end]
+    server, sep, rest = target.partition(":")
+    if sep:
+        _check(name_problem("server", server, extra=frozenset({ALL_SERVERS})), pos)
+        fields["server"] = server
+        pos += len(server) + 1
+    else:
+        rest = target
+    service, sep, command = rest.partition("/")
+    if sep:
+        _check(name_problem("service", service, extra=BROADCAST_SERVICES), pos)
+        fields["service"] = service
+        pos += len(service) + 1
+    else:
+        command = rest
+    if not command:
+        raise MessageError("the message has no command", pos)
+    _check(command_problem(command), pos)
+    fields["command"] = command
+    return fields, end
+
+
+def _parse_parameters_fast(text: str) -> dict[str, str] | None:
+    """Parse parameters with no quotes nor escapes; ``None`` sends the caller to the full parser."""
+    if '"' in text or "\\" in text or "\n" in text or "\r" in text:
+        return None
+    parameters: dict[str, str] = {}
+    for item in text.split(";"):
+        name, sep, value = item.partition("=")
+        if not sep or name in parameters or name_problem("parameter", name):
+            return None
+        parameters[name] = value
+    return parameters
+
+
+def _parse_parameters(line: str, start: int) -> dict[str, str]:
+    """Parse ``name=value;...`` from ``line[start:]``, reporting the exact position of a problem."""
+    parameters: dict[str, str] = {}
+    n = len(line)
+    i = start
+    while True:
+        eq = line.find("=", i)
+        semi = line.find(";", i)
+        if eq < 0 or (0 <= semi < eq):
+            stop = n if semi < 0 else semi
+            if stop == i:
+                raise MessageError("empty parameter (remove the stray ';' or add name=value)", i)
+            raise MessageError(f"parameter {line[i:stop]!r} has no '=' (write name=value)", i)
+        name = line[i:eq]
+        _check(name_problem("parameter", name), i)
+        if name in parameters:
+            raise MessageError(f"parameter {name!r} is given twice", i)
+        j = eq + 1
+        quoted = j < n and line[j] == '"'
+        if quoted:
+            j += 1
+        chars: list[str] = []
+        while True:
+            if j >= n:
+                if quoted:
+                    raise MessageError(
+                        f"the quoted value of {name!r} opened at position {eq + 1} is never closed",
+                        eq + 1,
+                    )
+                break
+            c = line[j]
+            if c == "\\":
+                escaped = _UNESCAPE.get(line[j + 1]) if j + 1 < n else None
+                if escaped is None:
+                    raise MessageError(
+                        f'bad escape in the value of {name!r}: only \\\\, \\n, \\r and \\" exist',
+                        j,
+                    )
+                chars.append(escaped)
+                j += 2
+                continue
+            if c in "\n\r":
+                raise MessageError(f"raw line break in the value of {name!r}; write \\n or \\r", j)
+            if quoted and c == '"':
+                j += 1
+                if j < n and line[j] != ";":
+                    raise MessageError(
+                        f"expected ';' after the closing quote of the value of {name!r}", j
+                    )
+                break
+            if not quoted and c == ";":
+                break
+            chars.append(c)
+            j += 1
+        parameters[name] = "".join(chars)
+        if j >= n:
+            return parameters
+        i = j + 1  # skip the ';'
+        if i >= n:
+            raise MessageError("empty parameter after the last ';' (remove it)", j)
+
+
+def parse_line(line: str) -> Message:
+    """Read a message in the Snap! text form.
+
+    Raises:
+        MessageError: The line is not a valid message; the error names the problem and position.
+    """
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message longer than {MAX_MESSAGE_BYTES} characters", MAX_MESSAGE_BYTES)
+    fields, end = _parse_header(line)
+    if end < len(line):
+        start = end + 1
+        if start == len(line):
+            raise MessageError("a space after the command must be followed by parameters", end)
+        params = _parse_parameters_fast(line[start:])
+        if params is None:
+            params = _parse_parameters(line, start)
+        return Message.model_construct(parameters=params, **fields)
+    return Message.model_construct(parameters={}, **fields)
+
+
+# -- JSON form -------------------------------------------------------------------------------
+
+
+def format_json(message: Message) -> str:
+    """Write a message in the JSON form (empty fields left out)."""
+    data: dict[str, Any] = {"command": message.command}
+    for field in _JSON_FIELDS[1:]:
+        value = getattr(message, field)
+        if value:
+            data[field] = value
+    if message.parameters:
+        data["parameters"] = message.parameters
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _string_problem(where: str, value: object) -> str | None:
+    if not isinstance(value, str):
+        return f"{where} must be a string, not {type(value).__name__} (quote it)"
+    if _SURROGATE_RE.search(value):
+        return f"{where} holds a lone surrogate, which is not valid UTF-8"
+    return None
+
+
+def parse_json(text: str) -> Message:
+    """Read a message in the JSON form.
+
+    Raises:
+        MessageError: Invalid JSON (with its position) or a field of the wrong shape (named).
+    """
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message longer than {MAX_MESSAGE_BYTES} characters", MAX_MESSAGE_BYTES)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MessageError(f"invalid JSON: {exc.msg}", exc.pos) from None
+    except (ValueError, RecursionError) as exc:  # over-long integers, absurd nesting
+        raise MessageError(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError(f"a JSON message must be an object, not {type(data).__name__}", 0)
+    unknown = sorted(set(data) - {*_JSON_FIELDS, "parameters"})
+    if unknown:
+        raise MessageError(f"unknown JSON field(s) {', '.join(map(repr, unknown))}")
+    fields: dict[str, Any] = {}
+    for field in _JSON_FIELDS:
+        value = data.get(field, "")
+        problem = _string_problem(field, value)
+        if problem is None and (value or field == "command"):
+            if field == "command":
+                problem = command_problem(value) if value else "the message has no command"
+            elif field == "server":
+                problem = name_problem(field, value, extra=frozenset({ALL_SERVERS}))
+            elif field == "service":
+                problem = name_problem(field, value, extra=BROADCAST_SERVICES)
+            else:
+                problem = name_problem(field, value)
+        if problem:
+            raise MessageError(problem)
+        fields[field] = value
+    parameters = data.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise MessageError("parameters must be an object of name: string")
+    for name, value in parameters.items():
+        problem = name_problem("parameter", name) or _string_problem(f"parameters.{name}", value)
+        if problem:
+            raise MessageError(problem)
+    return Message.model_construct(parameters=parameters, **fields)
+
+
+# -- payloads --------------------------------------------------------------------------------
+
+
+def decode(payload: bytes | str) -> Message:
+    """Read a message from an MQTT payload in either wire form.
+
+    A payload starting with ``{`` is JSON; anything else is the text form. One
+    trailing line break is tolerated (shell tools add one).
+
+    Raises:
+        MessageError: The payload is not a valid message.
+    """
+    if isinstance(payload, bytes | bytearray | memoryview):
+        if len(payload) > MAX_MESSAGE_BYTES:
+            raise MessageError(f"payload larger than {MAX_MESSAGE_BYTES} bytes", MAX_MESSAGE_BYTES)
+        try:
+            text = bytes(payload).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageError(f"payload is not valid UTF-8 ({exc.reason})", exc.start) from None
+    else:
+        text = payload
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    if text.startswith("{"):
+        return parse_json(text)
+    return parse_line(text)
+
+
+def encode(message: Message, form: WireForm = "text") -> bytes:
+    """Write a message as an MQTT payload in the given wire form."""
+    text = format_json(message) if form == "json" else format_line(message)
+    return text.encode("utf-8")
