@@ -1,0 +1,68 @@
+"""The communicator: messages, their definitions, backends and (later) the router.
+
+This package is the lowest layer of deployctl: it imports nothing else of ours.
+"""
+
+from communicator._codec import (
+    MAX_MESSAGE_BYTES,
+    decode,
+    encode,
+    format_json,
+    format_line,
+    parse_json,
+    parse_line,
+)
+from communicator._definitions import (
+    MessageDefinition,
+    MessageDefinitions,
+    Override,
+    ParameterDefinition,
+    Problem,
+)
+from communicator._errors import (
+    BackendError,
+    ConfigError,
+    DefinitionError,
+    DeployctlError,
+    MessageError,
+)
+from communicator._keys import Keys
+from communicator._message import Message
+from communicator._services import (
+    ServiceDefinition,
+    load_service_definition,
+    load_service_definitions,
+)
+from communicator._topics import Topics
+from communicator._validators import Validator, parse_duration, parse_timestamp
+from communicator._version import __version__
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "BackendError",
+    "ConfigError",
+    "DefinitionError",
+    "DeployctlError",
+    "Keys",
+    "Message",
+    "MessageDefinition",
+    "MessageDefinitions",
+    "MessageError",
+    "Override",
+    "ParameterDefinition",
+    "Problem",
+    "ServiceDefinition",
+    "Topics",
+    "Validator",
+    "__version__",
+    "decode",
+    "encode",
+    "format_json",
+    "format_line",
+    "load_service_definition",
+    "load_service_definitions",
+    "parse_duration",
+    "parse_json",
+    "parse_line",
+    "parse_timestamp",
+]
