@@ -1,0 +1,46 @@
+"""The ``deployctl`` command line. It only parses options and calls the libraries."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from communicator import __version__
+from controller import _cli_messages
+from controller._output import console
+
+app = typer.Typer(
+    name="deployctl",
+    help="Canary, blue-green, shadow and feature-flag rollouts for services on bare metal and VMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(_cli_messages.app, name="messages")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"deployctl {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version."),
+    ] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+) -> None:
+    """deployctl: deployment strategies over MQTT and Redis."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Entry point of the ``deployctl`` console script."""
+    app()
