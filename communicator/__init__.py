@@ -3,6 +3,7 @@
 This package is the lowest layer of deployctl: it imports nothing else of ours.
 """
 
+from communicator._broker import EmbeddedBroker, write_password_file
 from communicator._codec import (
     MAX_MESSAGE_BYTES,
     decode,
@@ -28,11 +29,14 @@ from communicator._errors import (
 )
 from communicator._keys import Keys
 from communicator._message import Message
+from communicator._mqtt import broker_url, mqtt_client, wait_for_broker
+from communicator._redis import EmbeddedRedis, connect_redis, redis_backend
 from communicator._services import (
     ServiceDefinition,
     load_service_definition,
     load_service_definitions,
 )
+from communicator._settings import Settings, masked
 from communicator._topics import Topics
 from communicator._validators import Validator, parse_duration, parse_timestamp
 from communicator._version import __version__
@@ -43,6 +47,8 @@ __all__ = [
     "ConfigError",
     "DefinitionError",
     "DeployctlError",
+    "EmbeddedBroker",
+    "EmbeddedRedis",
     "Keys",
     "Message",
     "MessageDefinition",
@@ -52,17 +58,25 @@ __all__ = [
     "ParameterDefinition",
     "Problem",
     "ServiceDefinition",
+    "Settings",
     "Topics",
     "Validator",
     "__version__",
+    "broker_url",
+    "connect_redis",
     "decode",
     "encode",
     "format_json",
     "format_line",
     "load_service_definition",
     "load_service_definitions",
+    "masked",
+    "mqtt_client",
     "parse_duration",
     "parse_json",
     "parse_line",
     "parse_timestamp",
+    "redis_backend",
+    "wait_for_broker",
+    "write_password_file",
 ]
