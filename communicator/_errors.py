@@ -61,3 +61,60 @@ class BackendError(DeployctlError):
         self.backend = backend
         self.url = url
         super().__init__(message)
+
+
+class RegistryError(DeployctlError):
+    """The registry refused a request, or holds data in Redis that it cannot read.
+
+    Attributes:
+        service: The service concerned, when there is one.
+        version: The version concerned, when there is one.
+    """
+
+    def __init__(
+        self, message: str, *, service: str | None = None, version: str | None = None
+    ) -> None:
+        self.service = service
+        self.version = version
+        super().__init__(message)
+
+
+class ClientError(DeployctlError):
+    """The client library could not do what was asked.
+
+    Attributes:
+        service: The service of the client.
+    """
+
+    def __init__(self, message: str, *, service: str) -> None:
+        self.service = service
+        super().__init__(message)
+
+
+class RegistrationRefused(ClientError):
+    """The communicator answered REGISTER with REFUSE.
+
+    Attributes:
+        reason: ``bad_password``, ``password_required``, ``throttled``,
+            ``version_invalid`` or ``malformed``.
+        retry_after: For ``throttled``, seconds to wait before trying again.
+    """
+
+    def __init__(self, message: str, *, service: str, reason: str, retry_after: float | None = None) -> None:
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(message, service=service)
+
+
+class RequestFailed(ClientError):
+    """A request got an ERROR, UNKNOWN or INVALID answer, or none in time.
+
+    Attributes:
+        command: The command of the request.
+        answer: The answer received (``None`` on timeout).
+    """
+
+    def __init__(self, message: str, *, service: str, command: str, answer: object | None = None) -> None:
+        self.command = command
+        self.answer = answer
+        super().__init__(message, service=service)
