@@ -4,6 +4,7 @@ This package is the lowest layer of deployctl: it imports nothing else of ours.
 """
 
 from communicator._broker import EmbeddedBroker, write_password_file
+from communicator._client import Client
 from communicator._codec import (
     MAX_MESSAGE_BYTES,
     decode,
@@ -22,15 +23,40 @@ from communicator._definitions import (
 )
 from communicator._errors import (
     BackendError,
+    ClientError,
     ConfigError,
     DefinitionError,
     DeployctlError,
     MessageError,
+    RegistrationRefused,
+    RegistryError,
+    RequestFailed,
 )
+from communicator._events import Event, EventType, parse_event
 from communicator._keys import Keys
 from communicator._message import Message
 from communicator._mqtt import broker_url, mqtt_client, wait_for_broker
+from communicator._outcomes import (
+    FailureRecord,
+    InvalidationPolicy,
+    OutcomeKind,
+    OutcomeResult,
+    VersionInfo,
+    VersionState,
+    VersionStatus,
+)
+from communicator._passwords import (
+    AuthResult,
+    AuthStatus,
+    PasswordStore,
+    ThrottlePolicy,
+    hash_password,
+    verify_password,
+)
+from communicator._plans import Mirror, PlanStore, Pool, RoutePlan
 from communicator._redis import EmbeddedRedis, connect_redis, redis_backend
+from communicator._registry import InstanceInfo, Registry
+from communicator._router import Router, RouterConfig
 from communicator._services import (
     ServiceDefinition,
     load_service_definition,
@@ -43,24 +69,50 @@ from communicator._version import __version__
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "AuthResult",
+    "AuthStatus",
     "BackendError",
+    "Client",
+    "ClientError",
     "ConfigError",
     "DefinitionError",
     "DeployctlError",
     "EmbeddedBroker",
     "EmbeddedRedis",
+    "Event",
+    "EventType",
+    "FailureRecord",
+    "InstanceInfo",
+    "InvalidationPolicy",
     "Keys",
     "Message",
     "MessageDefinition",
     "MessageDefinitions",
     "MessageError",
+    "Mirror",
+    "OutcomeKind",
+    "OutcomeResult",
     "Override",
     "ParameterDefinition",
+    "PasswordStore",
+    "PlanStore",
+    "Pool",
     "Problem",
+    "RegistrationRefused",
+    "Registry",
+    "RegistryError",
+    "RequestFailed",
+    "RoutePlan",
+    "Router",
+    "RouterConfig",
     "ServiceDefinition",
     "Settings",
+    "ThrottlePolicy",
     "Topics",
     "Validator",
+    "VersionInfo",
+    "VersionState",
+    "VersionStatus",
     "__version__",
     "broker_url",
     "connect_redis",
@@ -68,15 +120,18 @@ __all__ = [
     "encode",
     "format_json",
     "format_line",
+    "hash_password",
     "load_service_definition",
     "load_service_definitions",
     "masked",
     "mqtt_client",
     "parse_duration",
+    "parse_event",
     "parse_json",
     "parse_line",
     "parse_timestamp",
     "redis_backend",
+    "verify_password",
     "wait_for_broker",
     "write_password_file",
 ]

@@ -1,0 +1,237 @@
+"""The communicator's own commands: REGISTER, UNREGISTER, COMMANDS, FAILURE, will messages…
+
+Also keeps the router's directory in step with the registry in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from communicator._directory import Instance
+from communicator._message import Message
+from communicator._outcomes import OutcomeKind
+from communicator._registry import InstanceInfo
+
+if TYPE_CHECKING:
+    from communicator._router import Router
+
+logger = logging.getLogger(__name__)
+
+#: What the communicator itself answers.
+COMMUNICATOR_COMMANDS = (
+    "ALIVE", "CLOCK", "COMMANDS", "DISCONNECTED", "FAILURE", "HELP", "REGISTER", "UNREGISTER",
+)  # fmt: skip
+_FAILURE_KINDS = {"failure", "error_reply", "timeout", "crash"}
+
+
+def _instance(info: InstanceInfo) -> Instance:
+    return Instance(
+        service=info.service,
+        instance=info.instance,
+        server=info.server,
+        zone=info.zone,
+        version=info.version,
+        client_id=info.client_id,
+        commands=frozenset(info.commands),
+        registered_at=info.registered_at,
+    )
+
+
+class Control:
+    """Handles the messages addressed to the communicator itself."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    # -- directory ----------------------------------------------------------------------------
+
+    async def load_directory(self) -> None:
+        """Read every service from the registry (at start, and after missing announcements)."""
+        services = set(await self._router.registry.services()) | set(self._router.service_definitions)
+        for service in sorted(services):
+            await self.refresh(service, deliver=False)
+
+    async def refresh(self, service: str, *, deliver: bool = True) -> None:
+        """Re-read one service from the registry, then deliver what its cache can now take."""
+        router = self._router
+        instances = await router.registry.instances(service)
+        versions = await router.registry.versions(service)
+        plan = await router.plans.get(service)
+        commands = set(await router.registry.commands(service))
+        definition = router.service_definitions.get(service)
+        if definition is not None:
+            commands.update(definition.commands)
+        router.directory.replace_service(
+            service,
+            instances=[_instance(info) for info in instances],
+            invalid_versions=[v.version for v in versions if not v.state.valid],
+            plan=plan,
+            defined_commands=commands,
+        )
+        if deliver:
+            await router.deliver_cached(service)
+
+    async def announce(self, service: str) -> None:
+        """Tell every communicator that ``service`` changed."""
+        await self._router.redis.publish(self._router.keys.changes(), service)
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    async def record(
+        self, service: str, version: str, kind: str, *, reason: str = "", instance: str = "", server: str = ""
+    ) -> None:
+        """Record a failure; cut the version off here at once if it crossed its policy."""
+        result = await self._router.registry.record_outcome(
+            service, version, OutcomeKind(kind), reason=reason, instance=instance, server=server
+        )
+        if not result.valid:
+            self._router.directory.set_invalid(service, version, True)
+        if result.invalidated:
+            logger.warning("version %s of %s invalidated: %s", version, service, result.reason)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def handle(self, client_id: str, message: Message) -> None:
+        """Answer one message addressed to the communicator."""
+        router = self._router
+        command = message.command
+        handler = getattr(self, f"_on_{command.lower()}", None)
+        if handler is None or command not in COMMUNICATOR_COMMANDS:
+            if command not in ("UNKNOWN", "INVALID", "ABSOLUTELY", "CLOCK_REPLY", "READY"):
+                await router.reply(client_id, "UNKNOWN", command=command)
+            else:
+                logger.info("%s from %s: %s", command, client_id, message.parameters)
+            return
+        if command != "DISCONNECTED":
+            problems = router.definitions.validate(message)
+            if problems:
+                reason = "\n".join(str(p) for p in problems)
+                if command == "REGISTER":
+                    await router.reply(client_id, "REFUSE", reason="malformed", message=reason)
+                else:
+                    await router.reply(client_id, "INVALID", command=command, reason=reason)
+                return
+        await handler(client_id, message)
+
+    async def _on_register(self, client_id: str, message: Message) -> None:
+        router = self._router
+        p = message.parameters
+        service, version = p["service"], p["version"]
+        definition = router.service_definitions.get(service)
+        check = await router.passwords.check(
+            service,
+            p.get("password"),
+            source=client_id,
+            required=bool(definition and definition.password_required) or not router.config.passwordless_ok,
+        )
+        if not check.ok:
+            parameters = {"reason": check.reason, "message": check.message}
+            if check.retry_after:
+                parameters["retry_after"] = f"{check.retry_after:g}s"
+            await router.reply(client_id, "REFUSE", **parameters)
+            return
+        commands = [c for c in p.get("commands", "").split(",") if c]
+        info = InstanceInfo(
+            service=service,
+            instance=p.get("instance", client_id),
+            server=p.get("server", "unknown"),
+            zone=p.get("zone", ""),
+            version=version,
+            client_id=client_id,
+            commands=commands,
+            registered_at=time.time(),
+        )
+        state = await router.registry.register_instance(info)
+        if not state.valid:
+            await router.reply(
+                client_id, "REFUSE", reason="version_invalid",
+                message=f"version {version} of {service} is invalid ({state.reason}); do not restart it "
+                f"here until an operator runs: deployctl version reinstate {service} {version}",
+            )  # fmt: skip
+            return
+        if commands:
+            await router.registry.set_commands(service, commands)
+        router.directory.add(_instance(info))
+        await router.reply(
+            client_id, "READY", server=router.settings.server_name, instance=info.instance, time=f"{time.time():.6f}"
+        )
+        await self._status(info, "up")
+        await self.announce(service)
+
+    async def _on_unregister(self, client_id: str, message: Message) -> None:
+        await self._leave(client_id, failure=False)
+
+    async def _on_disconnected(self, client_id: str, message: Message) -> None:
+        await self._leave(client_id, failure=True)
+
+    async def _leave(self, client_id: str, *, failure: bool) -> None:
+        router = self._router
+        instance = router.directory.remove(client_id)
+        info = await router.registry.instance_for_client(client_id)
+        if info is None and instance is None:
+            return
+        service = instance.service if instance else info.service  # type: ignore[union-attr]
+        name = instance.instance if instance else info.instance  # type: ignore[union-attr]
+        version = instance.version if instance else info.version  # type: ignore[union-attr]
+        server = instance.server if instance else info.server  # type: ignore[union-attr]
+        await router.registry.unregister_instance(service, name)
+        if failure:
+            await self.record(service, version, "disconnect", reason="died without UNREGISTER",
+                              instance=name, server=server)  # fmt: skip
+        await self._status_for(service, server, version, "down")
+        await self.announce(service)
+
+    async def _on_commands(self, client_id: str, message: Message) -> None:
+        router = self._router
+        sender = router.directory.sender(client_id)
+        if sender is None:
+            await router.reply(client_id, "INVALID", command="COMMANDS", reason="not registered: send REGISTER first")
+            return
+        commands = [c for c in message.parameters["list"].split(",") if c]
+        info = InstanceInfo(
+            service=sender.service, instance=sender.instance, server=sender.server, zone=sender.zone,
+            version=sender.version, client_id=client_id, commands=commands, registered_at=sender.registered_at,
+        )  # fmt: skip
+        await router.registry.register_instance(info)
+        await router.registry.set_commands(sender.service, commands)
+        router.directory.add(_instance(info))
+        await self.announce(sender.service)
+
+    async def _on_failure(self, client_id: str, message: Message) -> None:
+        router = self._router
+        sender = router.directory.sender(client_id)
+        if sender is None:
+            await router.reply(client_id, "INVALID", command="FAILURE", reason="not registered: send REGISTER first")
+            return
+        p = message.parameters
+        kind = p.get("kind", "failure")
+        await self.record(
+            sender.service, p.get("version", sender.version), kind if kind in _FAILURE_KINDS else "failure",
+            reason=p["reason"], instance=sender.instance, server=sender.server,
+        )  # fmt: skip
+
+    async def _on_help(self, client_id: str, message: Message) -> None:
+        await self._router.reply(client_id, "COMMANDS", list=",".join(COMMUNICATOR_COMMANDS))
+
+    async def _on_alive(self, client_id: str, message: Message) -> None:
+        answer = {k: v for k, v in message.parameters.items() if k in ("serial", "timestamp")}
+        await self._router.reply(client_id, "ABSOLUTELY", reply_timestamp=f"{time.time():.6f}", **answer)
+
+    async def _on_clock(self, client_id: str, message: Message) -> None:
+        await self._router.reply(
+            client_id, "CLOCK_REPLY", sent_at=message.parameters["sent_at"], time=f"{time.time():.6f}"
+        )
+
+    async def _status(self, info: InstanceInfo, status: str) -> None:
+        await self._status_for(info.service, info.server, info.version, status)
+
+    async def _status_for(self, service: str, server: str, version: str, status: str) -> None:
+        router = self._router
+        for target in router.directory.every("STATUS"):
+            await router.publish(target.client_id, Message.model_construct(
+                command="STATUS", server="", service="", sent_from_server=router.settings.server_name,
+                sent_from_service="communicator",
+                parameters={"service": service, "status": status, "server": server, "version": version},
+            ))  # fmt: skip

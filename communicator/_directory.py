@@ -1,0 +1,246 @@
+"""The router's in-memory view of who can receive what, and the routing decisions on it.
+
+Routing a message must not cost a Redis round trip, so each communicator keeps
+this directory: the registered instances, the invalid versions, the route plans
+and the commands each service accepts. It is refreshed per service from Redis
+whenever a change is announced. Everything here is pure and synchronous.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from communicator._plans import DEFAULT_PLAN, RoutePlan
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One registered instance of a service."""
+
+    service: str
+    instance: str
+    server: str
+    zone: str
+    version: str
+    client_id: str
+    commands: frozenset[str]
+    registered_at: float = 0.0
+
+
+class Verdict(Enum):
+    """Why no instance was picked."""
+
+    UNKNOWN = "unknown"  # the service is known and nothing of it accepts the command
+    UNAVAILABLE = "unavailable"  # no valid instance accepts it right now: cache the message
+
+
+@dataclass(slots=True)
+class _Service:
+    instances: dict[str, Instance] = field(default_factory=dict)  # by client id
+    invalid_versions: frozenset[str] = frozenset()
+    plan: RoutePlan = DEFAULT_PLAN
+    defined_commands: frozenset[str] = frozenset()  # from the service definition / COMMANDS
+
+
+class Directory:
+    """Registered instances, invalid versions and route plans, with the routing decisions."""
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        self._services: dict[str, _Service] = {}
+        self._by_client: dict[str, Instance] = {}
+        self._choices: dict[tuple[str, str, str], _Choice | Verdict] = {}
+        self._rng = rng or random.Random()
+
+    # -- updates ------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._choices.clear()
+
+    def replace_service(
+        self,
+        service: str,
+        *,
+        instances: Iterable[Instance],
+        invalid_versions: Iterable[str],
+        plan: RoutePlan | None,
+        defined_commands: Iterable[str] = (),
+    ) -> None:
+        """Replace everything known about ``service`` with a fresh read from the registry."""
+        old = self._services.get(service)
+        if old is not None:
+            for client_id in old.instances:
+                self._by_client.pop(client_id, None)
+        entry = _Service(
+            instances={i.client_id: i for i in instances},
+            invalid_versions=frozenset(invalid_versions),
+            plan=plan or DEFAULT_PLAN,
+            defined_commands=frozenset(defined_commands),
+        )
+        self._services[service] = entry
+        self._by_client.update(entry.instances)
+        self._changed()
+
+    def add(self, instance: Instance) -> None:
+        """Add (or replace) one instance."""
+        self.remove(instance.client_id)
+        entry = self._services.setdefault(instance.service, _Service())
+        entry.instances[instance.client_id] = instance
+        self._by_client[instance.client_id] = instance
+        self._changed()
+
+    def remove(self, client_id: str) -> Instance | None:
+        """Remove the instance of ``client_id``; return it if it was there."""
+        instance = self._by_client.pop(client_id, None)
+        if instance is not None:
+            self._services[instance.service].instances.pop(client_id, None)
+            self._changed()
+        return instance
+
+    def set_invalid(self, service: str, version: str, invalid: bool) -> None:
+        """Mark a version invalid (no traffic) or valid again."""
+        entry = self._services.setdefault(service, _Service())
+        versions = set(entry.invalid_versions)
+        (versions.add if invalid else versions.discard)(version)
+        entry.invalid_versions = frozenset(versions)
+        self._changed()
+
+    def set_plan(self, service: str, plan: RoutePlan | None) -> None:
+        """Apply a new route plan (``None``: the default plan)."""
+        self._services.setdefault(service, _Service()).plan = plan or DEFAULT_PLAN
+        self._changed()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def sender(self, client_id: str) -> Instance | None:
+        """The registered instance publishing as ``client_id``."""
+        return self._by_client.get(client_id)
+
+    def services(self) -> list[str]:
+        """Every service the directory knows."""
+        return sorted(self._services)
+
+    def instances(self, service: str) -> list[Instance]:
+        """The registered instances of ``service``."""
+        entry = self._services.get(service)
+        return list(entry.instances.values()) if entry else []
+
+    def plan(self, service: str) -> RoutePlan:
+        """The route plan in force for ``service``."""
+        entry = self._services.get(service)
+        return entry.plan if entry else DEFAULT_PLAN
+
+    def is_invalid(self, service: str, version: str) -> bool:
+        """Whether ``version`` of ``service`` is cut off."""
+        entry = self._services.get(service)
+        return entry is not None and version in entry.invalid_versions
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def pick(
+        self, service: str, command: str, *, server: str = "", sticky: str | None = None
+    ) -> Instance | Verdict:
+        """Choose the one instance of ``service`` (on ``server`` if given) to receive ``command``."""
+        key = (service, command, server)
+        choice = self._choices.get(key)
+        if choice is None:
+            choice = self._choices[key] = self._prepare(service, command, server)
+        if isinstance(choice, Verdict):
+            return choice
+        return choice.pick(self._rng, sticky)
+
+    def sticky_parameter(self, service: str) -> str | None:
+        """The parameter the plan of ``service`` keeps users sticky on, if any."""
+        entry = self._services.get(service)
+        return entry.plan.sticky if entry else None
+
+    def _prepare(self, service: str, command: str, server: str) -> _Choice | Verdict:
+        entry = self._services.get(service)
+        if entry is None:
+            return Verdict.UNAVAILABLE
+        known = bool(entry.instances or entry.defined_commands)
+        if known and not self.knows_command(service, command):
+            return Verdict.UNKNOWN
+        candidates = [
+            i
+            for i in entry.instances.values()
+            if command in i.commands
+            and i.version not in entry.invalid_versions
+            and (not server or i.server == server)
+        ]
+        if not candidates:
+            return Verdict.UNAVAILABLE
+        by_version: dict[str, list[Instance]] = defaultdict(list)
+        for instance in sorted(candidates, key=lambda i: i.client_id):
+            by_version[instance.version].append(instance)
+        pools = [(p.version, p.weight) for p in entry.plan.effective_pools() if p.version in by_version]
+        if not pools:  # no plan, or none of its versions is up: every valid version, per instance
+            pools = [(version, len(members)) for version, members in sorted(by_version.items())]
+        return _Choice([(weight, by_version[version]) for version, weight in pools])
+
+    def every(
+        self,
+        command: str,
+        *,
+        service: str | None = None,
+        server: str | None = None,
+        zone: str | None = None,
+        exclude: str | None = None,
+    ) -> list[Instance]:
+        """Every valid instance accepting ``command``, filtered by service, server and zone."""
+        services = [service] if service is not None else list(self._services)
+        found = []
+        for name in services:
+            entry = self._services.get(name)
+            if entry is None:
+                continue
+            for instance in entry.instances.values():
+                if (
+                    command in instance.commands
+                    and instance.version not in entry.invalid_versions
+                    and (server is None or instance.server == server)
+                    and (zone is None or instance.zone == zone)
+                    and instance.client_id != exclude
+                ):
+                    found.append(instance)
+        return found
+
+    def knows_command(self, service: str, command: str) -> bool:
+        """Whether anything of ``service`` (instance or definition) accepts ``command``."""
+        entry = self._services.get(service)
+        if entry is None:
+            return False
+        return command in entry.defined_commands or any(
+            command in i.commands for i in entry.instances.values()
+        )
+
+
+class _Choice:
+    """Weighted pools of instances, prepared once per (service, command, server)."""
+
+    __slots__ = ("_cursor", "_pools", "_total")
+
+    def __init__(self, pools: list[tuple[int, list[Instance]]]) -> None:
+        self._pools = pools
+        self._total = sum(weight for weight, _ in pools)
+        self._cursor = 0
+
+    def pick(self, rng: random.Random, sticky: str | None) -> Instance:
+        if sticky is not None:
+            point = zlib.crc32(sticky.encode("utf-8", "surrogatepass"))
+            members = self._members_at(point % self._total)
+            return members[(point // self._total) % len(members)]
+        members = self._members_at(rng.randrange(self._total)) if len(self._pools) > 1 else self._pools[0][1]
+        self._cursor += 1
+        return members[self._cursor % len(members)]
+
+    def _members_at(self, point: int) -> list[Instance]:
+        for weight, members in self._pools:
+            if point < weight:
+                return members
+            point -= weight
+        return self._pools[-1][1]

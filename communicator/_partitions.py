@@ -1,0 +1,131 @@
+"""Sharing senders between communicators without reordering them.
+
+Every sender (MQTT client id) falls into one of ``count`` partitions. Each
+partition is routed by the one communicator that holds its lease in Redis.
+Every communicator receives every message; for a partition it does not own it
+keeps a bounded, time-limited buffer. The owner checkpoints its progress (the
+fingerprints of the last messages it routed); whoever takes a partition over
+replays its buffer from just after that checkpoint. See docs/protocol.md §7
+for the guarantees this gives.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+#: Fingerprints kept per checkpoint: enough that a match is not a coincidence.
+CHECKPOINT_DEPTH = 8
+
+
+def partition_of(client_id: str, count: int) -> int:
+    """The partition of a sender: CRC-32 of its client id, modulo ``count``."""
+    return zlib.crc32(client_id.encode()) % count
+
+
+def fingerprint(client_id: str, payload: bytes) -> int:
+    """A cheap identity for a message, the same in every communicator."""
+    return zlib.crc32(payload, zlib.crc32(client_id.encode()))
+
+
+@dataclass(slots=True)
+class Received:
+    """A message as it came off the broker, before routing."""
+
+    client_id: str
+    payload: bytes
+    fingerprint: int
+    at: float  # time.monotonic() on arrival
+
+
+@dataclass(slots=True)
+class _Partition:
+    deadline: float = 0.0  # monotonic time until which we own it; 0 when we do not
+    buffer: deque[Received] = field(default_factory=deque)
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=CHECKPOINT_DEPTH))
+    dirty: bool = False  # progress not yet checkpointed
+
+
+class PartitionTable:
+    """Which partitions this communicator owns, and the buffers of the others."""
+
+    def __init__(self, count: int, *, buffer_seconds: float, buffer_size: int) -> None:
+        self.count = count
+        self._parts = [_Partition() for _ in range(count)]
+        self._buffer_seconds = buffer_seconds
+        self._buffer_size = buffer_size
+        self.overflowed = 0  # buffered messages pushed out by the size bound
+
+    def partition(self, client_id: str) -> int:
+        """The partition of ``client_id``."""
+        return partition_of(client_id, self.count)
+
+    def owns(self, partition: int, now: float | None = None) -> bool:
+        """Whether we own ``partition`` with a lease still safely valid."""
+        deadline = self._parts[partition].deadline
+        return deadline > (time.monotonic() if now is None else now)
+
+    def owned(self) -> list[int]:
+        """The partitions we own now."""
+        now = time.monotonic()
+        return [i for i, part in enumerate(self._parts) if part.deadline > now]
+
+    def extend(self, partition: int, deadline: float) -> None:
+        """Record a renewed lease: we own ``partition`` until ``deadline`` (monotonic)."""
+        self._parts[partition].deadline = deadline
+
+    def drop(self, partition: int) -> None:
+        """Forget the ownership of ``partition`` (lost or released lease)."""
+        part = self._parts[partition]
+        part.deadline = 0.0
+        part.recent.clear()
+        part.dirty = False
+
+    def hold(self, partition: int, message: Received) -> None:
+        """Buffer a message of a partition we do not own, trimming by age and size."""
+        buffer = self._parts[partition].buffer
+        buffer.append(message)
+        horizon = message.at - self._buffer_seconds
+        while buffer and buffer[0].at < horizon:
+            buffer.popleft()
+        while len(buffer) > self._buffer_size:
+            buffer.popleft()
+            self.overflowed += 1
+
+    def routed(self, partition: int, message: Received) -> None:
+        """Note that ``message`` was routed, for the next checkpoint."""
+        part = self._parts[partition]
+        part.recent.append(message.fingerprint)
+        part.dirty = True
+
+    def checkpoints(self) -> Iterator[tuple[int, list[int]]]:
+        """Yield (partition, last fingerprints) for owned partitions with new progress."""
+        for index, part in enumerate(self._parts):
+            if part.dirty and part.deadline:
+                part.dirty = False
+                yield index, list(part.recent)
+
+    def take_over(self, partition: int, checkpoint: list[int] | None) -> list[Received]:
+        """Empty the buffer of ``partition``, returning what came after ``checkpoint``.
+
+        The replay starts after the earliest place where the buffer holds the
+        checkpoint's fingerprints in a row: an ambiguous match costs duplicates,
+        never a loss. With no checkpoint, or no match, everything is replayed.
+        """
+        part = self._parts[partition]
+        buffered = list(part.buffer)
+        part.buffer.clear()
+        if checkpoint:
+            prints = [m.fingerprint for m in buffered]
+            depth = len(checkpoint)
+            for end in range(depth, len(prints) + 1):
+                if prints[end - depth : end] == checkpoint:
+                    return buffered[end:]
+        return buffered
+
+    def buffered(self, partition: int) -> int:
+        """How many messages wait in the buffer of ``partition``."""
+        return len(self._parts[partition].buffer)

@@ -1,0 +1,489 @@
+"""The router: receives every instance's messages and sends each where it belongs.
+
+One ``Router`` is one communicator process. It subscribes to every instance's
+``in`` topic, routes the senders of the partitions it leases (see
+:mod:`communicator._partitions`), and keeps its in-memory directory current
+from the change announcements in Redis. The communicator's own commands
+(REGISTER, FAILURE …) are handled in :mod:`communicator._control`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiomqtt
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from communicator._backoff import FIRST_WAIT, MAX_WAIT, backoff_delay
+from communicator._cache import Cached, MessageCache
+from communicator._codec import decode, encode
+from communicator._control import Control
+from communicator._definitions import MessageDefinitions
+from communicator._directory import Directory, Instance, Verdict
+from communicator._errors import MessageError
+from communicator._keys import Keys
+from communicator._leases import Leases
+from communicator._message import ALL_SERVERS, Message
+from communicator._mqtt import mqtt_client
+from communicator._partitions import PartitionTable, Received, fingerprint
+from communicator._passwords import PasswordStore
+from communicator._plans import PlanStore
+from communicator._registry import Registry
+from communicator._services import ServiceDefinition
+from communicator._settings import Settings
+from communicator._topics import Topics
+from communicator._tracking import OutcomeTracker, Pending
+from communicator._validators import parse_duration
+
+logger = logging.getLogger(__name__)
+
+
+def _correlation(message: Message) -> dict[str, str]:
+    """``in_reply_to`` for an answer from the router to a request, so the requester can match it."""
+    message_id = message.parameters.get("message_id")
+    return {"in_reply_to": message_id} if message_id is not None else {}
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Tuning of one communicator; the defaults are what docs/protocol.md promises."""
+
+    partitions: int = 32
+    lease_ttl: float = 2.0
+    renew_every: float = 0.5
+    checkpoint_every: float = 0.1
+    buffer_seconds: float = 10.0
+    buffer_size: int = 20_000
+    cache_size: int = 1000
+    default_ttl: float = 60.0
+    request_timeout: float = 30.0
+    flush_every: float = 0.2
+    strict: bool = False
+    #: Whether REGISTER may come without a password when the service has none set.
+    passwordless_ok: bool = True
+
+
+class Router:
+    """One communicator: routing, registration and outcome recording."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        redis: Redis,
+        definitions: MessageDefinitions | None = None,
+        services: Mapping[str, ServiceDefinition] | None = None,
+        config: RouterConfig | None = None,
+        router_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config or RouterConfig()
+        self.router_id = router_id or f"communicatord-{settings.server_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.keys = Keys(settings.key_prefix)
+        self.topics = Topics(settings.topic_prefix)
+        self.redis = redis
+        self.registry = Registry(redis=redis, keys=self.keys)
+        self.passwords = PasswordStore(redis=redis, keys=self.keys)
+        self.plans = PlanStore(redis=redis, keys=self.keys)
+        self.definitions = definitions or MessageDefinitions.load()
+        self.service_definitions = dict(services or {})
+        self.directory = Directory()
+        self.table = PartitionTable(
+            self.config.partitions,
+            buffer_seconds=self.config.buffer_seconds,
+            buffer_size=self.config.buffer_size,
+        )
+        self.leases = Leases(redis=redis, keys=self.keys, router_id=self.router_id, ttl=self.config.lease_ttl)
+        self.cache = MessageCache(redis=redis, keys=self.keys, size=self.config.cache_size)
+        self.tracker = OutcomeTracker()
+        self.control = Control(self)
+        self.ready = asyncio.Event()  # set once connected and holding its share of partitions
+        self._client: aiomqtt.Client | None = None
+        self._in_prefix = self.topics.inbound("")
+        self._stopping = asyncio.Event()
+        self.stats: dict[str, int] = {"routed": 0, "invalid": 0, "unknown": 0, "cached": 0, "cache_dropped": 0}
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Route until :meth:`stop` is called (or the task is cancelled), then hand over cleanly."""
+        await self.control.load_directory()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                mqtt = tasks.create_task(self._mqtt_loop(), name="router-mqtt")
+                background = [
+                    tasks.create_task(self._lease_loop(), name="router-leases"),
+                    tasks.create_task(self._checkpoint_loop(), name="router-checkpoints"),
+                    tasks.create_task(self._listen(), name="router-changes"),
+                    tasks.create_task(self._housekeeping_loop(), name="router-housekeeping"),
+                ]
+                await self._stopping.wait()
+                for task in [mqtt, *background]:
+                    task.cancel()
+        finally:
+            await self._hand_over()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish: checkpoint, release the leases, disconnect."""
+        self._stopping.set()
+
+    async def _hand_over(self) -> None:
+        owned = self.table.owned()
+        with contextlib.suppress(RedisError, OSError):
+            await self.leases.save_checkpoints([(p, prints) for p, prints in self.table.checkpoints()])
+            await self.leases.release(owned)
+            await self.leases.leave()
+            await self._flush()
+        logger.info("router %s stopped; released %d partitions", self.router_id, len(owned))
+
+    # -- MQTT ---------------------------------------------------------------------------------
+
+    async def _mqtt_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                client = mqtt_client(self.settings, client_id=self.router_id, clean_session=False)
+                async with client:
+                    self._client = client
+                    await client.subscribe(self.topics.inbound_all(), qos=1)
+                    attempt = 0
+                    logger.info("router %s connected to the broker", self.router_id)
+                    async for message in client.messages:
+                        await self._on_mqtt(message)
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                attempt += 1
+                delay = backoff_delay(attempt)
+                logger.warning("broker connection lost (%s); reconnecting in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _on_mqtt(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        client_id = topic[len(self._in_prefix) :]
+        received = Received(client_id, payload, fingerprint(client_id, payload), time.monotonic())
+        partition = self.table.partition(client_id)
+        if self.table.owns(partition, received.at):
+            await self._route(partition, received)
+        else:
+            self.table.hold(partition, received)
+
+    async def publish(self, client_id: str, message: Message) -> None:
+        """Send ``message`` to the instance behind ``client_id`` (dropped if disconnected)."""
+        client = self._client
+        if client is None:
+            logger.warning("not connected; dropped %s for %s", message.command, client_id)
+            return
+        try:
+            await client.publish(self.topics.outbound(client_id), encode(message), qos=0)
+        except aiomqtt.MqttError as exc:
+            logger.warning("could not send %s to %s: %s", message.command, client_id, exc)
+
+    async def reply(self, client_id: str, command: str, /, **parameters: str) -> None:
+        """Send a message from the communicator itself to ``client_id``."""
+        await self.publish(client_id, Message.model_construct(
+            command=command, server="", service="", sent_from_server=self.settings.server_name,
+            sent_from_service="communicator", parameters=parameters,
+        ))  # fmt: skip
+
+    # -- routing ------------------------------------------------------------------------------
+
+    async def _route(self, partition: int, received: Received) -> None:
+        try:
+            message = decode(received.payload)
+        except MessageError as exc:
+            self.stats["invalid"] += 1
+            await self.reply(received.client_id, "INVALID", reason=str(exc))
+        else:
+            try:
+                await self.dispatch(partition, received.client_id, message)
+            except (RedisError, OSError) as exc:  # Redis away: routing goes on, bookkeeping waits
+                logger.warning("Redis error while handling %s: %s", message.command, exc)
+            except Exception:  # a bug must cost one message, never the daemon
+                logger.exception("failed to route %s from %s", message.command, received.client_id)
+        self.table.routed(partition, received)
+
+    async def dispatch(self, partition: int, client_id: str, message: Message) -> None:
+        """Route one decoded message from ``client_id``."""
+        if not message.service and message.server != ALL_SERVERS:
+            await self.control.handle(client_id, message)
+            return
+        sender = self.directory.sender(client_id)
+        if sender is None:
+            await self.reply(
+                client_id, "INVALID", command=message.command,
+                reason="not registered: send REGISTER service=...;version=... first", **_correlation(message),
+            )  # fmt: skip
+            return
+        message = message.model_copy(
+            update={"sent_from_server": sender.server, "sent_from_service": sender.service}
+        )
+        if self.config.strict:
+            problems = self.definitions.validate(message)
+            if problems:
+                self.stats["invalid"] += 1
+                reason = "\n".join(str(p) for p in problems)
+                await self.reply(client_id, "INVALID", command=message.command, reason=reason, **_correlation(message))
+                return
+        in_reply_to = message.parameters.get("in_reply_to")
+        if in_reply_to is not None and await self._answer(sender, in_reply_to, message):
+            return
+        if message.is_broadcast:
+            await self._broadcast(sender, message)
+            return
+        if self.cache.waiting(partition, client_id, message.service):
+            await self._cache(partition, client_id, message)  # queue behind its elders
+            return
+        await self._unicast(partition, sender, message)
+
+    async def _unicast(self, partition: int, sender: Instance, message: Message) -> bool:
+        sticky_name = self.directory.sticky_parameter(message.service)
+        sticky = message.parameters.get(sticky_name) if sticky_name else None
+        target = self.directory.pick(message.service, message.command, server=message.server, sticky=sticky)
+        if target is Verdict.UNKNOWN:
+            self.stats["unknown"] += 1
+            await self.reply(sender.client_id, "UNKNOWN", command=message.command, **_correlation(message))
+            return True
+        if target is Verdict.UNAVAILABLE:
+            await self._cache(partition, sender.client_id, message)
+            return False
+        await self.deliver(target, message, requester=sender.client_id)
+        return True
+
+    async def deliver(self, target: Instance, message: Message, *, requester: str) -> None:
+        """Send to one chosen instance and start watching the outcome."""
+        await self.publish(target.client_id, message)
+        self.stats["routed"] += 1
+        message_id = message.parameters.get("message_id")
+        if message_id is None:
+            self.tracker.delivered(target.service, target.version)
+            return
+        timeout = self.config.request_timeout
+        if "timeout" in message.parameters:
+            with contextlib.suppress(ValueError):
+                timeout = parse_duration(message.parameters["timeout"])
+        now = time.monotonic()
+        self.tracker.expect(target.client_id, message_id, Pending(
+            requester, target.service, target.version, target.instance, target.server, now, now + timeout,
+        ))  # fmt: skip
+
+    async def _answer(self, replier: Instance, in_reply_to: str, message: Message) -> bool:
+        """Record the outcome of a reply; deliver it to its requester. False: route by address."""
+        answer = self.tracker.answer(replier.client_id, in_reply_to, error=message.command == "ERROR")
+        if answer is None:
+            return False
+        if message.command == "ERROR":
+            await self.control.record(
+                replier.service, replier.version, "error_reply",
+                reason=message.parameters.get("reason", ""), instance=replier.instance, server=replier.server,
+            )  # fmt: skip
+        requester = self.directory.sender(answer.pending.requester)
+        if requester is None:
+            return False
+        await self.publish(requester.client_id, message)
+        self.stats["routed"] += 1
+        return True
+
+    async def _broadcast(self, sender: Instance, message: Message) -> None:
+        service, server = message.service, message.server
+        if service in ("*", "?", "."):
+            targets = self.directory.every(
+                message.command,
+                server=sender.server if service == "." else (server if server not in ("", "*") else None),
+                zone=sender.zone if service == "?" else None,
+                exclude=sender.client_id,
+            )
+        else:  # *:service
+            targets = self.directory.every(message.command, service=service, exclude=sender.client_id)
+            if not targets and not self.directory.knows_command(service, message.command):
+                if self.directory.instances(service):
+                    await self.reply(sender.client_id, "UNKNOWN", command=message.command, **_correlation(message))
+                    return
+        for target in targets:
+            await self.publish(target.client_id, message)
+        self.stats["routed"] += len(targets)
+
+    # -- cache --------------------------------------------------------------------------------
+
+    async def _cache(self, partition: int, client_id: str, message: Message) -> None:
+        report = message.parameters.get("transmission_report") == "failure"
+        if message.parameters.get("cache") == "no":
+            if report:
+                await self._report(client_id, message, "failed", "no instance, and cache=no")
+            else:
+                await self.reply(client_id, "SERVICE_UNAVAILABLE", destination_service=message.service, command=message.command)
+            return
+        ttl = self.config.default_ttl
+        if "ttl" in message.parameters:
+            with contextlib.suppress(ValueError):
+                ttl = parse_duration(message.parameters["ttl"])
+        pushed_out = await self.cache.add(partition, MessageCache.new(client_id, message, ttl, report=report))
+        self.stats["cached"] += 1
+        self.stats["cache_dropped"] += len(pushed_out)
+        if report:
+            await self._report(client_id, message, "cached", "")
+        for item in pushed_out:
+            if item.report:
+                await self._report(item.sender, item.message, "failed", "pushed out of the full cache")
+
+    async def _report(self, client_id: str, message: Message, status: str, reason: str) -> None:
+        destination = f"{message.server}:{message.service}" if message.server else message.service
+        parameters = {"status": status, "command": message.command, "destination": destination}
+        if reason:
+            parameters["reason"] = reason
+        await self.reply(client_id, "TRANSMISSION_REPORT", **parameters)
+
+    async def deliver_cached(self, service: str | None = None) -> None:
+        """Deliver what waits in the cache (for ``service``, or all) and can now be routed."""
+        for partition in self.cache.partitions():
+            if not self.table.owns(partition):
+                continue
+            done: list[Cached] = []
+            blocked: set[tuple[str, str]] = set()
+            for item in self.cache.entries(partition):
+                key = (item.sender, item.message.service)
+                if (service is not None and item.message.service != service) or key in blocked:
+                    continue
+                sender = self.directory.sender(item.sender)
+                if sender is None:  # the sender left; deliver on its behalf all the same
+                    sender = Instance(item.message.sent_from_service, item.sender, item.message.sent_from_server, "", "", item.sender, frozenset())
+                if await self._unicast(partition, sender, item.message):
+                    done.append(item)
+                else:
+                    blocked.add(key)
+            await self.cache.remove(partition, done)
+
+    # -- background loops ---------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        config = self.config
+        margin = config.renew_every
+        while True:
+            try:
+                await self._lease_round(margin)
+            except (RedisError, OSError) as exc:
+                logger.warning("cannot renew partition leases (%s); routing pauses when they lapse", exc)
+            await asyncio.sleep(config.renew_every)
+
+    async def _lease_round(self, margin: float) -> None:
+        ttl = self.config.lease_ttl
+        owned = self.table.owned()
+        started = time.monotonic()
+        for partition, ok in zip(owned, await self.leases.renew(owned), strict=True):
+            if ok:
+                self.table.extend(partition, started + ttl - margin)
+            else:
+                logger.warning("lost the lease of partition %d", partition)
+                self.table.drop(partition)
+                self.cache.forget(partition)
+        live = await self.leases.heartbeat(time.time(), stale_after=ttl * 2)
+        share = Leases.share(self.table.count, live)
+        mine = set(self.table.owned())
+        candidates = [p for p in range(self.table.count) if p not in mine]
+        random.shuffle(candidates)
+        for partition in candidates:
+            if len(mine) >= share:
+                break
+            started = time.monotonic()
+            if await self.leases.claim(partition):
+                await self._take_over(partition, started + ttl - margin)
+                mine.add(partition)
+        if not self.ready.is_set() and self._client is not None:
+            self.ready.set()
+
+    async def _take_over(self, partition: int, deadline: float) -> None:
+        """Own ``partition``: load its cache, replay its buffer after the last checkpoint."""
+        await self.cache.load(partition)
+        checkpoint = await self.leases.checkpoint(partition)
+        prints = checkpoint[1] if checkpoint else None
+        replayed = 0
+        while True:
+            batch = self.table.take_over(partition, prints)
+            prints = None
+            if not batch:
+                break
+            for received in batch:
+                await self._route(partition, received)
+            replayed += len(batch)
+        self.table.extend(partition, deadline)  # no await since the buffer was found empty
+        if replayed:
+            logger.info("took partition %d over; replayed %d messages", partition, replayed)
+        await self.deliver_cached()
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_every)
+            items = list(self.table.checkpoints())
+            try:
+                await self.leases.save_checkpoints(items)
+            except (RedisError, OSError) as exc:
+                logger.warning("cannot save checkpoints: %s", exc)
+
+    async def _listen(self) -> None:
+        """Apply registry changes and invalidations announced by any communicator or strategy."""
+        attempt = 0
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.keys.changes(), self.keys.events())
+                    if attempt:
+                        await self.control.load_directory()  # we may have missed changes
+                    attempt = 0
+                    async for item in pubsub.listen():
+                        if item["type"] == "message":
+                            await self._on_change(item["channel"], item["data"])
+            except (RedisError, OSError) as exc:
+                attempt += 1
+                logger.warning("lost the change feed (%s); resubscribing", exc)
+                await asyncio.sleep(backoff_delay(attempt))
+
+    async def _on_change(self, channel: bytes, data: bytes) -> None:
+        if channel.decode() == self.keys.events():
+            event = json.loads(data)
+            kind = event.get("type")
+            if kind in ("version_invalidated", "version_reinstated"):
+                self.directory.set_invalid(event["service"], event["version"], kind == "version_invalidated")
+                await self.control.refresh(event["service"])
+            return
+        await self.control.refresh(data.decode())
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.flush_every)
+            try:
+                await self._flush()
+                for pending in self.tracker.timed_out():
+                    await self.control.record(
+                        pending.service, pending.version, "timeout",
+                        reason="no reply in time", instance=pending.instance, server=pending.server,
+                    )  # fmt: skip
+                expired: dict[int, list[Cached]] = {}
+                for partition, item in self.cache.expired():
+                    expired.setdefault(partition, []).append(item)
+                for partition, items in expired.items():
+                    await self.cache.remove(partition, items)
+                    for item in items:
+                        if item.report:
+                            await self._report(item.sender, item.message, "failed", "ttl passed")
+            except (RedisError, OSError) as exc:
+                logger.warning("housekeeping postponed: %s", exc)
+
+    async def _flush(self) -> None:
+        successes, _latencies = self.tracker.take_successes()
+        if not successes:
+            return
+        try:
+            await self.registry.record_successes(successes)
+        except (RedisError, OSError):
+            self.tracker.restore(successes)
+            raise

@@ -1,0 +1,134 @@
+"""Test support: routers in-process and services as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from communicator import Settings
+from communicator._router import Router, RouterConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 10.0
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The DEPLOYCTL_* variables that make a child process use ``settings``' backends."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYCTL_")}
+    env.update(
+        DEPLOYCTL_REDIS_URL=settings.redis_url or "",
+        DEPLOYCTL_MQTT_URL=settings.mqtt_url or "",
+        DEPLOYCTL_KEY_PREFIX=settings.key_prefix,
+        DEPLOYCTL_TOPIC_PREFIX=settings.topic_prefix,
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+class ServiceProcess:
+    """One service instance in a child process (tests/communicator/service_main.py)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
+        self.process = process
+        self.name = name
+        self.events: list[dict[str, Any]] = []
+        self.client_id = ""
+
+    @classmethod
+    async def start(cls, settings: Settings, service: str, version: str, *args: str, ready: bool = True) -> ServiceProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.communicator.service_main", service, version, *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=environment(settings), cwd=ROOT,
+        )  # fmt: skip
+        proc = cls(process, f"{service}@{version}")
+        if ready:
+            event = await proc.expect("ready")
+            proc.client_id = event["client_id"]
+        return proc
+
+    async def next_event(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        if not line:
+            raise AssertionError(f"{self.name} exited (code {await self.process.wait()})")
+        event: dict[str, Any] = json.loads(line)
+        self.events.append(event)
+        return event
+
+    async def expect(
+        self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda e: True, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """Wait for the next event of ``kind`` matching ``where`` (other events are kept, skipped)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no {kind} event; saw {self.events[-5:]}")
+            event = await self.next_event(remaining)
+            if event["event"] == kind and where(event):
+                return event
+
+    def received(self, command: str | None = None) -> list[dict[str, Any]]:
+        """Messages received so far (of ``command``)."""
+        return [
+            e["message"] for e in self.events
+            if e["event"] == "received" and (command is None or e["message"]["command"] == command)
+        ]  # fmt: skip
+
+    async def order(self, **order: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(order) + "\n").encode())
+        await self.process.stdin.drain()
+
+    async def send(self, line: str) -> None:
+        await self.order(send=line)
+        await self.expect("sent")
+
+    async def request(self, line: str, timeout: float = 5) -> dict[str, Any]:
+        await self.order(request=line, timeout=timeout)
+        return await self._answer(timeout)
+
+    async def _answer(self, timeout: float) -> dict[str, Any]:
+        while True:
+            event = await self.next_event(timeout + TIMEOUT)
+            if event["event"] in ("reply", "failed"):
+                return event
+
+    async def crash(self) -> None:
+        await self.order(crash=True)
+        await asyncio.wait_for(self.process.wait(), TIMEOUT)
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, BrokenPipeError, ConnectionResetError):
+                await self.order(quit=True)
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_router(settings: Settings, redis: Any, **config: Any) -> AsyncIterator[Router]:
+    """A router in this process, ready (holding its partitions) on entry, stopped on exit."""
+    router = Router(settings=settings, redis=redis, config=RouterConfig(**config))
+    task = asyncio.create_task(router.run(), name="test-router")
+    try:
+        ready = asyncio.create_task(router.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+        if ready not in done:
+            raise TimeoutError("router not ready")
+        yield router
+    finally:
+        router.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)

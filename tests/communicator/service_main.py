@@ -1,0 +1,95 @@
+"""A service instance in its own process, driven by the tests through stdin/stdout.
+
+Run as ``python -m tests.communicator.service_main SERVICE VERSION [options]`` with
+the DEPLOYCTL_* environment pointing at the broker, Redis and prefixes. It
+prints one JSON object per line (``ready``, ``refused``, ``received``, ``reply``,
+``failed``) and obeys JSON commands read from stdin (``send``, ``request``,
+``fail``, ``crash``, ``quit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from communicator import Client, Message, RegistrationRefused, RequestFailed, parse_line
+
+
+def say(event: str, **data: object) -> None:
+    sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
+    sys.stdout.flush()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("service")
+    parser.add_argument("version")
+    parser.add_argument("--commands", default="")
+    parser.add_argument("--server", default="test_server")
+    parser.add_argument("--zone", default="")
+    parser.add_argument("--password")
+    parser.add_argument("--client-id")
+    parser.add_argument("--behaviour", choices=["reply", "error", "silent"], default="reply")
+    args = parser.parse_args()
+
+    async def handle(message: Message) -> Message | None:
+        say("received", message=message.model_dump())
+        if args.behaviour == "silent":
+            return None
+        if args.behaviour == "error":
+            return message.reply("ERROR", reason="failing on purpose")
+        return message.reply("DONE", by=args.version)
+
+    commands = [c for c in args.commands.split(",") if c]
+    client = Client(
+        args.service,
+        args.version,
+        commands=commands,
+        handlers={c: handle for c in commands},
+        server=args.server,
+        zone=args.zone,
+        password=args.password,
+        client_id=args.client_id,
+        register_timeout=5,
+    )
+    try:
+        await client.__aenter__()
+    except RegistrationRefused as exc:
+        say("refused", reason=exc.reason, retry_after=exc.retry_after)
+        return
+    say("ready", client_id=client.client_id)
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    while line := await reader.readline():
+        order = json.loads(line)
+        if "send" in order:
+            await client.send(parse_line(order["send"]))
+            say("sent")
+        elif "request" in order:
+            try:
+                answer = await client.request(parse_line(order["request"]), timeout=order.get("timeout", 5))
+                say("reply", message=answer.model_dump())
+            except RequestFailed as exc:
+                say("failed", error=str(exc))
+        elif "burst" in order:  # {"burst": "svc/CMD", "count": n}: numbered, as fast as possible
+            for seq in range(order["count"]):
+                await client.send(parse_line(f"{order['burst']} seq={seq}"))
+            say("sent")
+        elif "fail" in order:
+            await client.report_failure(order["fail"])
+            say("sent")
+        elif "crash" in order:
+            os._exit(1)  # no UNREGISTER, no clean disconnect: the broker sends the will
+        elif "quit" in order:
+            break
+    await client.__aexit__(None, None, None)
+    say("bye")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,120 @@
+"""Routing decisions on the in-memory directory: plans, weights, stickiness, UNKNOWN."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from communicator._directory import Directory, Instance, Verdict
+from communicator._plans import Pool, RoutePlan
+
+
+def instance(client_id: str, version: str, *, service: str = "orders", server: str = "s1",
+             zone: str = "z1", commands: tuple[str, ...] = ("PLACE",)) -> Instance:  # fmt: skip
+    return Instance(service, client_id, server, zone, version, client_id, frozenset(commands))
+
+
+def directory(*instances: Instance, plan: RoutePlan | None = None, invalid: tuple[str, ...] = ()) -> Directory:
+    d = Directory(rng=random.Random(7))
+    d.replace_service("orders", instances=instances, invalid_versions=invalid, plan=plan)
+    return d
+
+
+def spread(d: Directory, n: int = 2000, **kw: str) -> Counter[str]:
+    picks = Counter()
+    for _ in range(n):
+        chosen = d.pick("orders", "PLACE", **kw)
+        assert isinstance(chosen, Instance)
+        picks[chosen.version] += 1
+    return picks
+
+
+def test_default_plan_weights_versions_by_instances() -> None:
+    """Without a plan, each valid version gets traffic in proportion to its instances."""
+    d = directory(instance("a", "1"), instance("b", "1"), instance("c", "1"), instance("d", "2"))
+    picks = spread(d, 4000)
+    assert 0.70 < picks["1"] / 4000 < 0.80
+
+
+def test_plan_weights_are_honoured() -> None:
+    """A canary plan 90/10 sends about 10 % to the canary whatever the instance counts."""
+    plan = RoutePlan(pools=[Pool(version="1", weight=90), Pool(version="2", weight=10)])
+    d = directory(instance("a", "1"), instance("b", "2"), instance("c", "2"), plan=plan)
+    picks = spread(d, 4000)
+    assert 0.07 < picks["2"] / 4000 < 0.13
+
+
+def test_invalid_version_never_gets_traffic() -> None:
+    """An invalid version is skipped even when the plan gives it weight."""
+    plan = RoutePlan(pools=[Pool(version="1", weight=50), Pool(version="2", weight=50)])
+    d = directory(instance("a", "1"), instance("b", "2"), plan=plan, invalid=("2",))
+    assert spread(d, 200) == Counter({"1": 200})
+
+
+def test_invalidating_takes_effect_at_once() -> None:
+    """Marking a version invalid changes the very next pick."""
+    d = directory(instance("a", "1"), instance("b", "2"))
+    d.set_invalid("orders", "1", True)
+    assert spread(d, 100) == Counter({"2": 100})
+    d.set_invalid("orders", "1", False)
+    assert spread(d, 400)["1"] > 100
+
+
+def test_blue_green_active_color() -> None:
+    """With an active color, all traffic goes to that color's version."""
+    plan = RoutePlan(colors={"blue": "1", "green": "2"}, active_color="green")
+    d = directory(instance("a", "1"), instance("b", "2"), plan=plan)
+    assert spread(d, 100) == Counter({"2": 100})
+
+
+def test_sticky_parameter_keeps_a_user_on_one_instance() -> None:
+    """The same sticky value always gets the same instance; different values spread."""
+    plan = RoutePlan(pools=[Pool(version="1", weight=50), Pool(version="2", weight=50)], sticky="user")
+    d = directory(instance("a", "1"), instance("b", "2"), instance("c", "2"), plan=plan)
+    chosen = {d.pick("orders", "PLACE", sticky=f"user{i}") for i in range(5) for _ in range(20)}
+    assert len({c for c in chosen}) >= 1
+    for user in ("alice", "bob", "carol"):
+        first = d.pick("orders", "PLACE", sticky=user)
+        assert all(d.pick("orders", "PLACE", sticky=user) == first for _ in range(50))
+    versions = Counter(d.pick("orders", "PLACE", sticky=f"u{i}").version for i in range(2000))  # type: ignore[union-attr]
+    assert 0.4 < versions["1"] / 2000 < 0.6
+
+
+def test_unknown_command_versus_unavailable() -> None:
+    """A known service that accepts nothing like CMD gives UNKNOWN; no valid instance gives UNAVAILABLE."""
+    d = directory(instance("a", "1"))
+    assert d.pick("orders", "REFUND") is Verdict.UNKNOWN
+    assert d.pick("payments", "PAY") is Verdict.UNAVAILABLE
+    d.set_invalid("orders", "1", True)
+    assert d.pick("orders", "PLACE") is Verdict.UNAVAILABLE
+
+
+def test_defined_commands_answer_before_registration() -> None:
+    """A service definition lets UNKNOWN be answered before any instance registers."""
+    d = Directory()
+    d.replace_service("orders", instances=[], invalid_versions=[], plan=None, defined_commands=["PLACE"])
+    assert d.pick("orders", "REFUND") is Verdict.UNKNOWN
+    assert d.pick("orders", "PLACE") is Verdict.UNAVAILABLE
+
+
+def test_named_server() -> None:
+    """server:service picks among that server's instances only."""
+    d = directory(instance("a", "1", server="s1"), instance("b", "1", server="s2"))
+    assert all(d.pick("orders", "PLACE", server="s2").server == "s2" for _ in range(20))  # type: ignore[union-attr]
+    assert d.pick("orders", "PLACE", server="s3") is Verdict.UNAVAILABLE
+
+
+def test_broadcast_filters() -> None:
+    """Broadcasts reach only accepting, valid instances, filtered by zone or server, never the sender."""
+    d = directory(
+        instance("a", "1", server="s1", zone="z1", commands=("PLACE", "RELOAD")),
+        instance("b", "1", server="s2", zone="z2", commands=("RELOAD",)),
+        instance("c", "2", server="s1", zone="z2", commands=("RELOAD",)),
+        instance("d", "1", server="s1", zone="z1", commands=("PLACE",)),
+        invalid=("2",),
+    )
+    ids = lambda found: sorted(i.client_id for i in found)  # noqa: E731
+    assert ids(d.every("RELOAD")) == ["a", "b"]
+    assert ids(d.every("RELOAD", zone="z2")) == ["b"]
+    assert ids(d.every("RELOAD", server="s1")) == ["a"]
+    assert ids(d.every("PLACE", exclude="a")) == ["d"]
