@@ -38,6 +38,7 @@ class ServiceProcess:
         self.process = process
         self.name = name
         self.events: list[dict[str, Any]] = []
+        self._taken: set[int] = set()
         self.client_id = ""
 
     @classmethod
@@ -64,14 +65,19 @@ class ServiceProcess:
     async def expect(
         self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda e: True, timeout: float = TIMEOUT
     ) -> dict[str, Any]:
-        """Wait for the next event of ``kind`` matching ``where`` (other events are kept, skipped)."""
+        """The first event of ``kind`` matching ``where`` not expected before, waiting for it if need be."""
+        for index, event in enumerate(self.events):
+            if index not in self._taken and event["event"] in kind.split("|") and where(event):
+                self._taken.add(index)
+                return event
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise TimeoutError(f"{self.name}: no {kind} event; saw {self.events[-5:]}")
             event = await self.next_event(remaining)
-            if event["event"] == kind and where(event):
+            if event["event"] in kind.split("|") and where(event):
+                self._taken.add(len(self.events) - 1)
                 return event
 
     def received(self, command: str | None = None) -> list[dict[str, Any]]:
@@ -95,10 +101,12 @@ class ServiceProcess:
         return await self._answer(timeout)
 
     async def _answer(self, timeout: float) -> dict[str, Any]:
-        while True:
-            event = await self.next_event(timeout + TIMEOUT)
-            if event["event"] in ("reply", "failed"):
-                return event
+        return await self.expect("reply|failed", timeout=timeout + TIMEOUT)
+
+    async def burst(self, line: str, count: int) -> None:
+        """Send ``count`` messages numbered with ``seq``, as fast as the client can."""
+        await self.order(burst=line, count=count)
+        await self.expect("sent", timeout=TIMEOUT + count / 100)
 
     async def crash(self) -> None:
         await self.order(crash=True)
@@ -116,9 +124,11 @@ class ServiceProcess:
 
 
 @contextlib.asynccontextmanager
-async def running_router(settings: Settings, redis: Any, **config: Any) -> AsyncIterator[Router]:
+async def running_router(
+    settings: Settings, redis: Any, *, services: dict[str, Any] | None = None, **config: Any
+) -> AsyncIterator[Router]:
     """A router in this process, ready (holding its partitions) on entry, stopped on exit."""
-    router = Router(settings=settings, redis=redis, config=RouterConfig(**config))
+    router = Router(settings=settings, redis=redis, services=services, config=RouterConfig(**config))
     task = asyncio.create_task(router.run(), name="test-router")
     try:
         ready = asyncio.create_task(router.ready.wait())

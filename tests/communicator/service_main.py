@@ -18,6 +18,10 @@ import sys
 from communicator import Client, Message, RegistrationRefused, RequestFailed, parse_line
 
 
+#: Commands from the communicator that inform and must not be answered.
+INFORMATION = {"STATUS", "TRANSMISSION_REPORT", "SERVICE_UNAVAILABLE", "UNKNOWN", "INVALID"}
+
+
 def say(event: str, **data: object) -> None:
     sys.stdout.write(json.dumps({"event": event, **data}) + "\n")
     sys.stdout.flush()
@@ -37,7 +41,7 @@ async def main() -> None:
 
     async def handle(message: Message) -> Message | None:
         say("received", message=message.model_dump())
-        if args.behaviour == "silent":
+        if args.behaviour == "silent" or message.command in INFORMATION:
             return None
         if args.behaviour == "error":
             return message.reply("ERROR", reason="failing on purpose")
@@ -77,8 +81,9 @@ async def main() -> None:
             except RequestFailed as exc:
                 say("failed", error=str(exc))
         elif "burst" in order:  # {"burst": "svc/CMD", "count": n}: numbered, as fast as possible
+            glue = ";" if " " in order["burst"] else " "
             for seq in range(order["count"]):
-                await client.send(parse_line(f"{order['burst']} seq={seq}"))
+                await client.send(parse_line(f"{order['burst']}{glue}seq={seq}"))
             say("sent")
         elif "fail" in order:
             await client.report_failure(order["fail"])

@@ -2,49 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
-from redis.asyncio import Redis
 
-from communicator import Settings
-from communicator._registry import Registry
-from communicator._keys import Keys
-from communicator._plans import PlanStore, Pool, RoutePlan
-from communicator._router import Router
-from tests.communicator.fleet import ServiceProcess, running_router
+from communicator import Router
+from tests.communicator.conftest import CACHE_SIZE, Start
 
 pytestmark = pytest.mark.integration
-
-Start = Callable[..., Awaitable[ServiceProcess]]
-
-
-@pytest.fixture
-def settings(redis_url: str, mqtt_url: str, key_prefix: str, topic_prefix: str) -> Settings:
-    return Settings(
-        redis_url=redis_url, mqtt_url=mqtt_url, key_prefix=key_prefix, topic_prefix=topic_prefix,
-        server_name="router_host",
-    )  # fmt: skip
-
-
-@pytest.fixture
-async def router(settings: Settings, redis: Redis) -> AsyncIterator[Router]:
-    async with running_router(settings, redis, cache_size=3, request_timeout=1.0) as router:
-        yield router
-
-
-@pytest.fixture
-async def start(settings: Settings, router: Router) -> AsyncIterator[Start]:
-    started: list[ServiceProcess] = []
-
-    async def launch(service: str, version: str, *args: str, ready: bool = True) -> ServiceProcess:
-        process = await ServiceProcess.start(settings, service, version, *args, ready=ready)
-        started.append(process)
-        return process
-
-    yield launch
-    await asyncio.gather(*(p.close() for p in started))
 
 
 async def test_request_reaches_a_service_and_the_reply_comes_back(start: Start) -> None:
@@ -105,3 +70,71 @@ async def test_unknown_command_is_answered_by_the_router(start: Start) -> None:
     assert answer["event"] == "failed"
     assert "UNKNOWN" in answer["error"]
     assert orders.received() == []
+
+
+REPORTS = ("--commands", "TRANSMISSION_REPORT,SERVICE_UNAVAILABLE,STATUS")
+
+
+def report(status: str) -> Callable[[dict[str, object]], bool]:
+    return lambda e: e["message"]["command"] == "TRANSMISSION_REPORT" and e["message"]["parameters"]["status"] == status  # type: ignore[index]  # noqa: E501
+
+
+async def test_cached_until_the_service_registers(start: Start) -> None:
+    """A message for a service with no instance is cached, reported, and delivered on registration."""
+    front = await start("front", "1.0", *REPORTS)
+    await front.send("later/WORK job=1;transmission_report=failure")
+    await front.expect("received", report("cached"))
+    later = await start("later", "1.0", "--commands", "WORK")
+    message = (await later.expect("received"))["message"]
+    assert message["parameters"]["job"] == "1"
+    assert message["sent_from_service"] == "front"
+
+
+async def test_cache_no_reports_a_failure(start: Start) -> None:
+    """cache=no drops the message at once and says so."""
+    front = await start("front", "1.0", *REPORTS)
+    await front.send("nobody/WORK cache=no;transmission_report=failure")
+    event = await front.expect("received", report("failed"))
+    assert "cache=no" in event["message"]["parameters"]["reason"]
+    await front.send("nobody/WORK cache=no")
+    await front.expect("received", lambda e: e["message"]["command"] == "SERVICE_UNAVAILABLE")
+
+
+async def test_cache_bound_drops_the_oldest_and_keeps_order(start: Start, router: Router) -> None:
+    """Past the bound the oldest cached messages are dropped and reported; the rest keep their order."""
+    front = await start("front", "1.0", *REPORTS)
+    await front.burst("later/WORK transmission_report=failure", CACHE_SIZE + 2)
+    dropped = [await front.expect("received", report("failed")) for _ in range(2)]
+    assert all("full cache" in e["message"]["parameters"]["reason"] for e in dropped)
+    later = await start("later", "1.0", "--commands", "WORK")
+    seqs = [int((await later.expect("received"))["message"]["parameters"]["seq"]) for _ in range(CACHE_SIZE)]
+    assert seqs == list(range(2, CACHE_SIZE + 2))
+    assert router.stats["cache_dropped"] == 2
+
+
+async def test_newer_messages_queue_behind_cached_ones(start: Start) -> None:
+    """While a sender has cached messages for a service, its newer ones wait behind them, in order."""
+    front = await start("front", "1.0")
+    await front.send("later/WORK seq=0")
+    later = await start("later", "1.0", "--commands", "WORK", ready=False)
+    for seq in range(1, 20):
+        await front.send(f"later/WORK seq={seq}")
+    await later.expect("ready")
+    seqs = [int((await later.expect("received"))["message"]["parameters"]["seq"]) for _ in range(20)]
+    assert seqs == list(range(20))
+
+
+async def test_killed_service_is_recorded_as_a_failure(start: Start, router: Router) -> None:
+    """A service process that dies is reported by its will: a disconnect failure and STATUS down."""
+    watcher = await start("watch", "1.0", *REPORTS)
+    victim = await start("victim", "3.1", "--commands", "WORK")
+    await watcher.expect("received", lambda e: e["message"]["parameters"].get("service") == "victim")
+    await victim.crash()
+    down = await watcher.expect(
+        "received", lambda e: e["message"]["command"] == "STATUS" and e["message"]["parameters"]["status"] == "down"
+    )
+    assert down["message"]["parameters"]["version"] == "3.1"
+    [failure] = await router.registry.failures("victim")
+    assert failure.kind == "disconnect"
+    assert failure.version == "3.1"
+    assert await router.registry.instances("victim") == []
