@@ -197,9 +197,22 @@ class Client:
                 parameters["password"] = self._password
             ready: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
             self._pending["\0register"] = ready
-            await mqtt.publish(self._in, encode(Message(command="REGISTER", parameters=parameters), self._form), qos=self._qos)
-            async for incoming in mqtt.messages:
-                await self._receive(incoming.payload)
+            register = encode(Message(command="REGISTER", parameters=parameters), self._form)
+            repeat = asyncio.create_task(self._register(mqtt, register, ready), name=f"client-{self.client_id}-register")
+            try:
+                async for incoming in mqtt.messages:
+                    await self._receive(incoming.payload)
+            finally:
+                repeat.cancel()
+
+    async def _register(self, mqtt: aiomqtt.Client, register: bytes, ready: asyncio.Future[Message]) -> None:
+        """Send REGISTER until READY (or REFUSE) comes: no communicator may be listening yet."""
+        attempt = 0
+        while not ready.done():
+            await mqtt.publish(self._in, register, qos=self._qos)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(ready), min(0.5 * 2**attempt, MAX_WAIT * 2))
+            attempt += 1
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -231,11 +244,13 @@ class Client:
                 reason=reason,
                 retry_after=parse_duration(retry) if retry else None,
             )
+        if waiter is None:
+            return  # READY to a repeated REGISTER: already registered in this session
         self.registrations += 1
         self._connected.set()
         if self._registered is not None and not self._registered.done():
             self._registered.set_result(message)
-        if waiter is not None and not waiter.done():
+        if not waiter.done():
             waiter.set_result(message)
 
     async def _serve(self) -> None:

@@ -87,3 +87,7 @@ def main(
 def run() -> None:
     """Console-script entry point of ``communicatord``."""
     typer.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -111,6 +111,7 @@ class Router:
         self._client: aiomqtt.Client | None = None
         self._in_prefix = self.topics.inbound("")
         self._stopping = asyncio.Event()
+        self._free_last_round: set[int] = set()
         self.stats: dict[str, int] = {"routed": 0, "invalid": 0, "unknown": 0, "cached": 0, "cache_dropped": 0}
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -386,14 +387,19 @@ class Router:
                 logger.warning("lost the lease of partition %d", partition)
                 self.table.drop(partition)
                 self.cache.forget(partition)
-        live = await self.leases.heartbeat(time.time(), stale_after=ttl * 2)
+        live = await self.leases.heartbeat(time.time(), stale_after=ttl)
         share = Leases.share(self.table.count, live)
         mine = set(self.table.owned())
-        candidates = [p for p in range(self.table.count) if p not in mine]
-        random.shuffle(candidates)
-        for partition in candidates:
-            if len(mine) >= share:
-                break
+        owners = await self.leases.owners(self.table.count)
+        free = [p for p in range(self.table.count) if p not in owners and p not in mine]
+        random.shuffle(free)
+        # Claim our share of the free partitions; and any left free a whole round, whatever
+        # our share, so that nothing waits on a peer that is late or gone.
+        orphans = set(free) & self._free_last_round
+        self._free_last_round = set(free)
+        for partition in free:
+            if len(mine) >= share and partition not in orphans:
+                continue
             started = time.monotonic()
             if await self.leases.claim(partition):
                 await self._take_over(partition, started + ttl - margin)

@@ -14,8 +14,9 @@ import asyncio
 import json
 import os
 import sys
+import time
 
-from communicator import Client, Message, RegistrationRefused, RequestFailed, parse_line
+from communicator import Client, ClientError, Message, RegistrationRefused, parse_line
 
 
 #: Commands from the communicator that inform and must not be answered.
@@ -40,7 +41,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     async def handle(message: Message) -> Message | None:
-        say("received", message=message.model_dump())
+        say("received", message=message.model_dump(), at=time.time())
         if args.behaviour == "silent" or message.command in INFORMATION:
             return None
         if args.behaviour == "error":
@@ -78,7 +79,7 @@ async def main() -> None:
             try:
                 answer = await client.request(parse_line(order["request"]), timeout=order.get("timeout", 5))
                 say("reply", message=answer.model_dump())
-            except RequestFailed as exc:
+            except ClientError as exc:  # RequestFailed, or not connected
                 say("failed", error=str(exc))
         elif "burst" in order:  # {"burst": "svc/CMD", "count": n}: numbered, as fast as possible
             glue = ";" if " " in order["burst"] else " "

@@ -1,0 +1,130 @@
+"""Communicators and brokers that go away: failover between routers, broker restarts.
+
+docs/protocol.md §7 promises: a sender's messages keep their order across a
+failover, none is lost while another communicator runs, duplicates are at most
+a replayed suffix, and routing resumes within about the lease time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from communicator import Settings
+from communicator._keys import Keys
+from communicator._partitions import partition_of
+from tests.communicator.fleet import ROOT, ServiceProcess, environment, running_router
+from tests.conftest import Server, free_port, launch_mosquitto
+
+pytestmark = pytest.mark.integration
+PARTITIONS = 32
+
+
+async def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll an async condition until true, failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not await condition():  # type: ignore[misc]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def communicators(settings: Settings, redis: Redis) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """Two communicatord processes sharing the partitions."""
+    processes = []
+    for _ in range(2):
+        processes.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "communicator._daemon", env=environment(settings), cwd=ROOT,
+            )  # fmt: skip
+        )
+    keys = Keys(settings.key_prefix)
+
+    async def all_leased() -> bool:
+        owners = await redis.mget([keys.router_lease(p) for p in range(PARTITIONS)])
+        return await redis.zcard(keys.routers()) == 2 and all(owners)
+
+    await wait_until(all_leased, 20, "two communicators holding every partition")
+    yield processes
+    for process in processes:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+
+
+async def start_service(settings: Settings, started: list[ServiceProcess], *args: str) -> ServiceProcess:
+    process = await ServiceProcess.start(settings, *args)
+    started.append(process)
+    return process
+
+
+async def test_killed_communicator_keeps_order_and_loses_nothing(
+    settings: Settings, redis: Redis, communicators: list[asyncio.subprocess.Process]
+) -> None:
+    """Kill -9 the communicator routing a sender mid-stream: every message arrives, in order."""
+    started: list[ServiceProcess] = []
+    try:
+        receiver = await start_service(settings, started, "sink", "1", "--commands", "WORK", "--behaviour", "silent")
+        sender = await start_service(settings, started, "source", "1")
+        owner = await redis.get(Keys(settings.key_prefix).router_lease(partition_of(sender.client_id, PARTITIONS)))
+        victim = next(p for p in communicators if f"-{p.pid}-" in owner.decode())
+        count = 3000
+        await sender.order(burst="sink/WORK", count=count)
+        events = [await receiver.expect("received") for _ in range(300)]
+        os.kill(victim.pid, signal.SIGKILL)
+        killed_at = time.time()
+        await victim.wait()
+        seqs = [int(e["message"]["parameters"]["seq"]) for e in events]
+        while len(set(seqs)) < count:
+            events.append(await receiver.expect("received", timeout=15))
+            seqs.append(int(events[-1]["message"]["parameters"]["seq"]))
+    finally:
+        await asyncio.gather(*(p.close() for p in started))
+    assert set(seqs) == set(range(count)), "messages were lost"
+    first_seen = list(dict.fromkeys(seqs))
+    assert first_seen == sorted(first_seen), "order broken"
+    duplicates = len(seqs) - count
+    assert duplicates <= count // 2
+    arrivals = [e["at"] for e in events]
+    gap = max(later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False))
+    assert gap < 5.0, f"routing paused {gap:.2f}s: it must resume within seconds"
+    print(f"failover: {duplicates} duplicates, longest pause {gap:.2f}s, killed at +{killed_at - arrivals[0]:.2f}s")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[RestartableBroker]:
+    broker = RestartableBroker(tmp_path)
+    yield broker
+    broker.server.stop()
+
+
+async def test_clients_and_router_survive_a_broker_restart(
+    settings: Settings, redis: Redis, broker: RestartableBroker
+) -> None:
+    """After the broker restarts, services re-register on their own and requests flow again."""
+    settings = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{broker.port}"})
+    started: list[ServiceProcess] = []
+    async with running_router(settings, redis):
+        try:
+            await start_service(settings, started, "orders", "1.0", "--commands", "PLACE")
+            front = await start_service(settings, started, "front", "1.0")
+            assert (await front.request("orders/PLACE"))["event"] == "reply"
+            await asyncio.to_thread(broker.restart)
+            outcomes = []
+            for _ in range(20):  # each attempt waits for the reconnections, at most 1 s
+                answer = await front.request("orders/PLACE", timeout=1)
+                outcomes.append(answer.get("error", answer["event"]))
+                if answer["event"] == "reply":
+                    break
+            assert outcomes[-1] == "reply", outcomes[:3]
+        finally:
+            await asyncio.gather(*(p.close() for p in started))
