@@ -72,7 +72,9 @@ class Client:
         self.version = version
         self.server = server or self.settings.server_name
         self.zone = zone if zone is not None else self.settings.zone
-        self.client_id = client_id or f"{service}-{self.server}-{uuid.uuid4().hex[:8]}"
+        self.client_id = (
+            client_id or self.settings.mqtt_client_id or f"{service}-{self.server}-{uuid.uuid4().hex[:8]}"
+        )
         self.instance = instance or self.client_id
         self._password = password
         self._handlers: dict[str, Handler] = dict(handlers or {})

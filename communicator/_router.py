@@ -153,7 +153,9 @@ class Router:
         attempt = 0
         while True:
             try:
-                client = mqtt_client(self.settings, client_id=self.router_id, clean_session=False)
+                # A clean session: a dead communicator's messages are replayed by its peers
+                # (docs/protocol.md §7), not queued by the broker for an id that never returns.
+                client = mqtt_client(self.settings, client_id=self.router_id, clean_session=True)
                 async with client:
                     self._client = client
                     await client.subscribe(self.topics.inbound_all(), qos=1)

@@ -28,6 +28,10 @@ class Topics:
         """Where an instance receives every message routed to it."""
         return f"{self.prefix}out/{client_id}"
 
+    def outbound_all(self) -> str:
+        """Every instance's outbound topic (what a communicator's broker user may write)."""
+        return f"{self.prefix}out/+"
+
     def acl_patterns(self) -> tuple[str, str]:
         """Mosquitto ``pattern`` lines confining each client to its own two topics."""
         return (f"pattern write {self.prefix}in/%c", f"pattern read {self.prefix}out/%c")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from communicator import __version__
-from controller import _cli_messages
+from controller import _cli_broker, _cli_messages, _cli_services, _cli_versions
 from controller._output import console
 
 app = typer.Typer(
@@ -18,6 +18,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(_cli_messages.app, name="messages")
+app.command("services")(_cli_services.list_services)
+app.add_typer(_cli_services.service_app, name="service")
+app.command("versions")(_cli_versions.list_versions)
+app.add_typer(_cli_versions.version_app, name="version")
+app.command("broker-config")(_cli_broker.broker_config)
 
 
 def _show_version(value: bool) -> None:

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 #: Human output goes to stdout; errors and progress to stderr so ``--json`` stays parseable.
 console = Console(highlight=False, soft_wrap=True)
@@ -43,5 +44,5 @@ def fail(message: str, *, code: Exit = Exit.USAGE, as_json: bool = False, **extr
     if as_json:
         sys.stdout.write(json.dumps({"error": message, **extra}, indent=2) + "\n")
     else:
-        err_console.print(f"[bold red]error:[/] {message}")
+        err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(int(code))
