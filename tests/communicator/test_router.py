@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
+from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
+from redis.asyncio import Redis
 
-from communicator import Router
+from communicator import MessageDefinitions, PlanStore, Pool, RoutePlan, Router, RouterConfig, Settings
 from tests.communicator.conftest import CACHE_SIZE, Start
+from tests.communicator.fleet import ServiceProcess, running_router
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +144,51 @@ async def test_killed_service_is_recorded_as_a_failure(start: Start, router: Rou
     assert failure.kind == "disconnect"
     assert failure.version == "3.1"
     assert await router.registry.instances("victim") == []
+
+
+async def test_strict_mode_refuses_invalid_messages(settings: Settings, redis: Redis, tmp_path: Path) -> None:
+    """In strict mode a message that breaks its definition gets INVALID with every problem, and is not delivered."""
+    (tmp_path / "PLACE.yaml").write_text(
+        "command: PLACE\ndescription: Place an order.\nparameters:\n"
+        "  qty:\n    description: how many\n    required: true\n    value: {type: integer, min: 1}\n"
+    )
+    (tmp_path / "DONE.yaml").write_text(  # strict: the reply needs a definition too
+        "command: DONE\ndescription: Done.\nparameters:\n  by:\n    description: the version\n"
+    )
+    router = Router(
+        settings=settings, redis=redis, definitions=MessageDefinitions.load(tmp_path),
+        config=RouterConfig(strict=True),
+    )  # fmt: skip
+    task = asyncio.create_task(router.run())
+    started: list[ServiceProcess] = []
+    try:
+        await asyncio.wait_for(router.ready.wait(), 10)
+        orders = await ServiceProcess.start(settings, "orders", "1", "--commands", "PLACE")
+        front = await ServiceProcess.start(settings, "front", "1")
+        started += [orders, front]
+        answer = await front.request("orders/PLACE qty=zero;colour=red")
+        assert "INVALID" in answer["error"]
+        assert "qty: 'zero' is not an integer" in answer["error"]
+        assert "colour: not a parameter of PLACE" in answer["error"]
+        assert (await front.request("orders/PLACE qty=2"))["event"] == "reply"
+        delivered = (await orders.expect("received"))["message"]["parameters"]
+        assert delivered == {"qty": "2", "message_id": ANY, "timeout": ANY}
+        assert len(orders.received("PLACE")) == 1
+    finally:
+        await asyncio.gather(*(p.close() for p in started))
+        router.stop()
+        await task
+
+
+async def test_plan_change_reaches_every_router(settings: Settings, redis: Redis) -> None:
+    """A route plan written by a strategy is applied by every communicator within a pub/sub round trip."""
+    plan = RoutePlan(pools=[Pool(version="1", weight=90), Pool(version="2", weight=10)], reason="canary 10%")
+    async with running_router(settings, redis) as first, running_router(settings, redis) as second:
+        routers = (first, second)
+        written = time.monotonic()
+        await PlanStore(redis=redis, keys=first.keys).set("orders", plan)
+        while not all(r.directory.plan("orders") == plan for r in routers):
+            assert time.monotonic() - written < 2, "plan not applied"
+            await asyncio.sleep(0.001)
+        applied = time.monotonic() - written
+    assert applied < 0.5
