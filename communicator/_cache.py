@@ -47,7 +47,9 @@ class Cached:
     def from_json(cls, text: bytes | str) -> Cached:
         """Read the form kept in Redis."""
         data = json.loads(text)
-        return cls(data["id"], data["sender"], parse_line(data["line"]), data["expires"], data["report"])
+        return cls(
+            data["id"], data["sender"], parse_line(data["line"]), data["expires"], data["report"]
+        )
 
 
 class MessageCache:

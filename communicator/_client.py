@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -73,7 +72,9 @@ class Client:
         self.server = server or self.settings.server_name
         self.zone = zone if zone is not None else self.settings.zone
         self.client_id = (
-            client_id or self.settings.mqtt_client_id or f"{service}-{self.server}-{uuid.uuid4().hex[:8]}"
+            client_id
+            or self.settings.mqtt_client_id
+            or f"{service}-{self.server}-{uuid.uuid4().hex[:8]}"
         )
         self.instance = instance or self.client_id
         self._password = password
@@ -114,7 +115,11 @@ class Client:
         if command not in self._commands:
             self._commands.append(command)
             if self._connected.is_set():
-                self._spawn(self.send(Message(command="COMMANDS", parameters={"list": ",".join(self.commands)})))
+                self._spawn(
+                    self.send(
+                        Message(command="COMMANDS", parameters={"list": ",".join(self.commands)})
+                    )
+                )
 
     @property
     def commands(self) -> list[str]:
@@ -125,7 +130,9 @@ class Client:
 
     async def __aenter__(self) -> Self:
         if self._runner is not None:
-            raise ClientError("this Client is already running; it is not re-entrant", service=self.service)
+            raise ClientError(
+                "this Client is already running; it is not re-entrant", service=self.service
+            )
         loop = asyncio.get_running_loop()
         self._registered = loop.create_future()
         self._runner = asyncio.create_task(self._run(), name=f"client-{self.client_id}")
@@ -137,7 +144,10 @@ class Client:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self._shutdown(goodbye=True)
 
@@ -145,7 +155,9 @@ class Client:
         if goodbye and self._mqtt is not None and self._connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 unregister = Message(command="UNREGISTER", parameters={"service": self.service})
-                await self._mqtt.publish(self._in, encode(unregister, self._form), qos=self._qos, timeout=2)
+                await self._mqtt.publish(
+                    self._in, encode(unregister, self._form), qos=self._qos, timeout=2
+                )
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,7 +179,12 @@ class Client:
                 except aiomqtt.MqttError as exc:
                     attempt += 1
                     delay = backoff_delay(attempt)
-                    logger.warning("%s: broker connection lost (%s); reconnecting in %.2fs", self.client_id, exc, delay)
+                    logger.warning(
+                        "%s: broker connection lost (%s); reconnecting in %.2fs",
+                        self.client_id,
+                        exc,
+                        delay,
+                    )
                 except RegistrationRefused as exc:
                     if self._registered is not None and not self._registered.done():
                         self._registered.set_exception(exc)
@@ -200,14 +217,18 @@ class Client:
             ready: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
             self._pending["\0register"] = ready
             register = encode(Message(command="REGISTER", parameters=parameters), self._form)
-            repeat = asyncio.create_task(self._register(mqtt, register, ready), name=f"client-{self.client_id}-register")
+            repeat = asyncio.create_task(
+                self._register(mqtt, register, ready), name=f"client-{self.client_id}-register"
+            )
             try:
                 async for incoming in mqtt.messages:
                     await self._receive(incoming.payload)
             finally:
                 repeat.cancel()
 
-    async def _register(self, mqtt: aiomqtt.Client, register: bytes, ready: asyncio.Future[Message]) -> None:
+    async def _register(
+        self, mqtt: aiomqtt.Client, register: bytes, ready: asyncio.Future[Message]
+    ) -> None:
         """Send REGISTER until READY (or REFUSE) comes: no communicator may be listening yet."""
         attempt = 0
         while not ready.done():
@@ -220,7 +241,7 @@ class Client:
 
     async def _receive(self, payload: object) -> None:
         try:
-            message = decode(payload if isinstance(payload, bytes | str) else bytes(payload))  # type: ignore[arg-type]
+            message = decode(payload if isinstance(payload, bytes | str) else str(payload))
         except MessageError as exc:
             logger.warning("%s: unreadable message from the communicator: %s", self.client_id, exc)
             return
@@ -241,7 +262,8 @@ class Client:
             reason = message.parameters.get("reason", "")
             retry = message.parameters.get("retry_after")
             raise RegistrationRefused(
-                f"{self.service} {self.version} refused: {reason} ({message.parameters.get('message', '')})",
+                f"{self.service} {self.version} refused: {reason} "
+                f"({message.parameters.get('message', '')})",
                 service=self.service,
                 reason=reason,
                 retry_after=parse_duration(retry) if retry else None,
@@ -276,14 +298,24 @@ class Client:
             await self._answer(message, message.reply("COMMANDS", list=",".join(self.commands)))
         elif command == "ALIVE":
             echo = {k: v for k, v in message.parameters.items() if k in ("serial", "timestamp")}
-            await self._answer(message, message.reply("ABSOLUTELY", reply_timestamp=f"{time.time():.6f}", **echo))
+            await self._answer(
+                message, message.reply("ABSOLUTELY", reply_timestamp=f"{time.time():.6f}", **echo)
+            )
         elif command == "CLOCK":
             sent_at = message.parameters.get("sent_at", "0")
-            await self._answer(message, message.reply("CLOCK_REPLY", sent_at=sent_at, time=f"{time.time():.6f}"))
+            await self._answer(
+                message, message.reply("CLOCK_REPLY", sent_at=sent_at, time=f"{time.time():.6f}")
+            )
         elif command in ("STOP", "QUITTING"):
             logger.info("%s: %s received; stopping", self.client_id, command)
             self.stopped.set()
-        elif command in ("UNKNOWN", "INVALID", "TRANSMISSION_REPORT", "SERVICE_UNAVAILABLE", "STATUS"):
+        elif command in (
+            "UNKNOWN",
+            "INVALID",
+            "TRANSMISSION_REPORT",
+            "SERVICE_UNAVAILABLE",
+            "STATUS",
+        ):
             logger.info("%s: %s %s", self.client_id, command, message.parameters)
         else:
             await self._answer(message, message.reply("UNKNOWN", command=command))
@@ -291,7 +323,12 @@ class Client:
     async def _answer(self, request: Message, answer: Message) -> None:
         if "message_id" in request.parameters and "in_reply_to" not in answer.parameters:
             answer = answer.model_copy(
-                update={"parameters": {**answer.parameters, "in_reply_to": request.parameters["message_id"]}}
+                update={
+                    "parameters": {
+                        **answer.parameters,
+                        "in_reply_to": request.parameters["message_id"],
+                    }
+                }
             )
         await self.send(answer)
 
@@ -310,9 +347,11 @@ class Client:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
             mqtt = self._mqtt
-            if mqtt is None:
-                raise aiomqtt.MqttError("not connected")
-            await mqtt.publish(self._in, encode(message, self._form), qos=self._qos, timeout=timeout)
+            if mqtt is None:  # lost again since the wait
+                raise aiomqtt.MqttError("not connected")  # noqa: TRY301
+            await mqtt.publish(
+                self._in, encode(message, self._form), qos=self._qos, timeout=timeout
+            )
         except (TimeoutError, aiomqtt.MqttError) as exc:
             raise ClientError(
                 f"could not send {message.command}: not connected to the broker ({exc}); "
@@ -321,7 +360,7 @@ class Client:
             ) from exc
 
     async def broadcast(self, command: str, *, service: str = "*", **parameters: str) -> None:
-        """Send ``command`` to every accepting instance (``*``, ``?``, ``.``, or one service on every server)."""
+        """Send ``command`` to every accepting instance (``*``, ``?``, ``.``), or of one service."""
         if service in ("*", "?", "."):
             message = Message(command=command, service=service, parameters=parameters)
         else:
@@ -344,18 +383,24 @@ class Client:
             answer = await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise RequestFailed(
-                f"no reply to {message.command} within {timeout:g}s", service=self.service, command=message.command
+                f"no reply to {message.command} within {timeout:g}s",
+                service=self.service,
+                command=message.command,
             ) from None
         finally:
             self._pending.pop(message_id, None)
         if answer.command in ("ERROR", "UNKNOWN", "INVALID"):
             raise RequestFailed(
                 f"{message.command} answered with {answer.command}: {answer.parameters}",
-                service=self.service, command=message.command, answer=answer,
-            )  # fmt: skip
+                service=self.service,
+                command=message.command,
+                answer=answer,
+            )
         return answer
 
-    async def report_failure(self, reason: str, *, kind: str = "failure", version: str | None = None) -> None:
+    async def report_failure(
+        self, reason: str, *, kind: str = "failure", version: str | None = None
+    ) -> None:
         """Report a failure (of this instance's version, or of ``version``) to the communicator."""
         parameters = {"reason": reason, "kind": kind}
         if version is not None:

@@ -1,4 +1,4 @@
-"""The communicator's own commands: REGISTER, UNREGISTER, COMMANDS, FAILURE, will messages…
+"""The communicator's own commands: REGISTER, UNREGISTER, COMMANDS, FAILURE, wills.
 
 Also keeps the router's directory in step with the registry in Redis.
 """
@@ -21,8 +21,15 @@ logger = logging.getLogger(__name__)
 
 #: What the communicator itself answers.
 COMMUNICATOR_COMMANDS = (
-    "ALIVE", "CLOCK", "COMMANDS", "DISCONNECTED", "FAILURE", "HELP", "REGISTER", "UNREGISTER",
-)  # fmt: skip
+    "ALIVE",
+    "CLOCK",
+    "COMMANDS",
+    "DISCONNECTED",
+    "FAILURE",
+    "HELP",
+    "REGISTER",
+    "UNREGISTER",
+)
 _FAILURE_KINDS = {"failure", "error_reply", "timeout", "crash"}
 
 
@@ -49,7 +56,9 @@ class Control:
 
     async def load_directory(self) -> None:
         """Read every service from the registry (at start, and after missing announcements)."""
-        services = set(await self._router.registry.services()) | set(self._router.service_definitions)
+        services = set(await self._router.registry.services()) | set(
+            self._router.service_definitions
+        )
         for service in sorted(services):
             await self.refresh(service, deliver=False)
 
@@ -80,7 +89,14 @@ class Control:
     # -- outcomes -----------------------------------------------------------------------------
 
     async def record(
-        self, service: str, version: str, kind: str, *, reason: str = "", instance: str = "", server: str = ""
+        self,
+        service: str,
+        version: str,
+        kind: str,
+        *,
+        reason: str = "",
+        instance: str = "",
+        server: str = "",
     ) -> None:
         """Record a failure; cut the version off here at once if it crossed its policy."""
         result = await self._router.registry.record_outcome(
@@ -124,7 +140,8 @@ class Control:
             service,
             p.get("password"),
             source=client_id,
-            required=bool(definition and definition.password_required) or not router.config.passwordless_ok,
+            required=bool(definition and definition.password_required)
+            or not router.config.passwordless_ok,
         )
         if not check.ok:
             parameters = {"reason": check.reason, "message": check.message}
@@ -146,16 +163,23 @@ class Control:
         state = await router.registry.register_instance(info)
         if not state.valid:
             await router.reply(
-                client_id, "REFUSE", reason="version_invalid",
-                message=f"version {version} of {service} is invalid ({state.reason}); do not restart it "
-                f"here until an operator runs: deployctl version reinstate {service} {version}",
-            )  # fmt: skip
+                client_id,
+                "REFUSE",
+                reason="version_invalid",
+                message=f"version {version} of {service} is invalid ({state.reason}); do not "
+                f"restart it here until an operator runs: deployctl version reinstate "
+                f"{service} {version}",
+            )
             return
         if commands:
             await router.registry.set_commands(service, commands)
         router.directory.add(_instance(info))
         await router.reply(
-            client_id, "READY", server=router.settings.server_name, instance=info.instance, time=f"{time.time():.6f}"
+            client_id,
+            "READY",
+            server=router.settings.server_name,
+            instance=info.instance,
+            time=f"{time.time():.6f}",
         )
         await self._status(info, "up")
         await self.announce(service)
@@ -178,8 +202,14 @@ class Control:
         server = instance.server if instance else info.server  # type: ignore[union-attr]
         await router.registry.unregister_instance(service, name)
         if failure:
-            await self.record(service, version, "disconnect", reason="died without UNREGISTER",
-                              instance=name, server=server)  # fmt: skip
+            await self.record(
+                service,
+                version,
+                "disconnect",
+                reason="died without UNREGISTER",
+                instance=name,
+                server=server,
+            )
         await self._status_for(service, server, version, "down")
         await self.announce(service)
 
@@ -187,13 +217,24 @@ class Control:
         router = self._router
         sender = router.directory.sender(client_id)
         if sender is None:
-            await router.reply(client_id, "INVALID", command="COMMANDS", reason="not registered: send REGISTER first")
+            await router.reply(
+                client_id,
+                "INVALID",
+                command="COMMANDS",
+                reason="not registered: send REGISTER first",
+            )
             return
         commands = [c for c in message.parameters["list"].split(",") if c]
         info = InstanceInfo(
-            service=sender.service, instance=sender.instance, server=sender.server, zone=sender.zone,
-            version=sender.version, client_id=client_id, commands=commands, registered_at=sender.registered_at,
-        )  # fmt: skip
+            service=sender.service,
+            instance=sender.instance,
+            server=sender.server,
+            zone=sender.zone,
+            version=sender.version,
+            client_id=client_id,
+            commands=commands,
+            registered_at=sender.registered_at,
+        )
         await router.registry.register_instance(info)
         await router.registry.set_commands(sender.service, commands)
         router.directory.add(_instance(info))
@@ -203,25 +244,39 @@ class Control:
         router = self._router
         sender = router.directory.sender(client_id)
         if sender is None:
-            await router.reply(client_id, "INVALID", command="FAILURE", reason="not registered: send REGISTER first")
+            await router.reply(
+                client_id,
+                "INVALID",
+                command="FAILURE",
+                reason="not registered: send REGISTER first",
+            )
             return
         p = message.parameters
         kind = p.get("kind", "failure")
         await self.record(
-            sender.service, p.get("version", sender.version), kind if kind in _FAILURE_KINDS else "failure",
-            reason=p["reason"], instance=sender.instance, server=sender.server,
-        )  # fmt: skip
+            sender.service,
+            p.get("version", sender.version),
+            kind if kind in _FAILURE_KINDS else "failure",
+            reason=p["reason"],
+            instance=sender.instance,
+            server=sender.server,
+        )
 
     async def _on_help(self, client_id: str, message: Message) -> None:
         await self._router.reply(client_id, "COMMANDS", list=",".join(COMMUNICATOR_COMMANDS))
 
     async def _on_alive(self, client_id: str, message: Message) -> None:
         answer = {k: v for k, v in message.parameters.items() if k in ("serial", "timestamp")}
-        await self._router.reply(client_id, "ABSOLUTELY", reply_timestamp=f"{time.time():.6f}", **answer)
+        await self._router.reply(
+            client_id, "ABSOLUTELY", reply_timestamp=f"{time.time():.6f}", **answer
+        )
 
     async def _on_clock(self, client_id: str, message: Message) -> None:
         await self._router.reply(
-            client_id, "CLOCK_REPLY", sent_at=message.parameters["sent_at"], time=f"{time.time():.6f}"
+            client_id,
+            "CLOCK_REPLY",
+            sent_at=message.parameters["sent_at"],
+            time=f"{time.time():.6f}",
         )
 
     async def _status(self, info: InstanceInfo, status: str) -> None:
@@ -230,8 +285,19 @@ class Control:
     async def _status_for(self, service: str, server: str, version: str, status: str) -> None:
         router = self._router
         for target in router.directory.every("STATUS"):
-            await router.publish(target.client_id, Message.model_construct(
-                command="STATUS", server="", service="", sent_from_server=router.settings.server_name,
-                sent_from_service="communicator",
-                parameters={"service": service, "status": status, "server": server, "version": version},
-            ))  # fmt: skip
+            await router.publish(
+                target.client_id,
+                Message.model_construct(
+                    command="STATUS",
+                    server="",
+                    service="",
+                    sent_from_server=router.settings.server_name,
+                    sent_from_service="communicator",
+                    parameters={
+                        "service": service,
+                        "status": status,
+                        "server": server,
+                        "version": version,
+                    },
+                ),
+            )

@@ -50,7 +50,11 @@ async def serve(
     config = RouterConfig(strict=strict, passwordless_ok=local)
     async with redis_backend(settings) as redis:
         router = Router(
-            settings=settings, redis=redis, definitions=loaded, services=service_definitions, config=config
+            settings=settings,
+            redis=redis,
+            definitions=loaded,
+            services=service_definitions,
+            config=config,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,16 +62,29 @@ async def serve(
                 loop.add_signal_handler(sig, router.stop)
         running = asyncio.create_task(router.run(), name="router")
         if ready is not None:
-            await asyncio.wait({running, asyncio.create_task(router.ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {running, asyncio.create_task(router.ready.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             ready.set()
         logger.info("communicator %s routing on %s", router.router_id, broker_url(settings))
         await running
 
 
 def main(
-    definitions: Annotated[list[Path] | None, typer.Option("--definitions", "-d", help="Extra message definitions directory (repeatable).")] = None,
-    services: Annotated[list[Path] | None, typer.Option("--services", "-s", help="Service definitions directory (repeatable).")] = None,
-    strict: Annotated[bool, typer.Option(help="Refuse messages that break their definition (INVALID).")] = False,
+    definitions: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--definitions", "-d", help="Extra message definitions directory (repeatable)."
+        ),
+    ] = None,
+    services: Annotated[
+        list[Path] | None,
+        typer.Option("--services", "-s", help="Service definitions directory (repeatable)."),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Refuse messages that break their definition (INVALID).")
+    ] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
 ) -> None:
     """Run a communicator: the message router of deployctl."""

@@ -144,7 +144,7 @@ class Directory:
     def pick(
         self, service: str, command: str, *, server: str = "", sticky: str | None = None
     ) -> Instance | Verdict:
-        """Choose the one instance of ``service`` (on ``server`` if given) to receive ``command``."""
+        """Choose the instance of ``service`` (on ``server`` if given) to receive ``command``."""
         key = (service, command, server)
         choice = self._choices.get(key)
         if choice is None:
@@ -177,7 +177,9 @@ class Directory:
         by_version: dict[str, list[Instance]] = defaultdict(list)
         for instance in sorted(candidates, key=lambda i: i.client_id):
             by_version[instance.version].append(instance)
-        pools = [(p.version, p.weight) for p in entry.plan.effective_pools() if p.version in by_version]
+        pools = [
+            (p.version, p.weight) for p in entry.plan.effective_pools() if p.version in by_version
+        ]
         if not pools:  # no plan, or none of its versions is up: every valid version, per instance
             pools = [(version, len(members)) for version, members in sorted(by_version.items())]
         return _Choice([(weight, by_version[version]) for version, weight in pools])
@@ -193,21 +195,17 @@ class Directory:
     ) -> list[Instance]:
         """Every valid instance accepting ``command``, filtered by service, server and zone."""
         services = [service] if service is not None else list(self._services)
-        found = []
-        for name in services:
-            entry = self._services.get(name)
-            if entry is None:
-                continue
-            for instance in entry.instances.values():
-                if (
-                    command in instance.commands
-                    and instance.version not in entry.invalid_versions
-                    and (server is None or instance.server == server)
-                    and (zone is None or instance.zone == zone)
-                    and instance.client_id != exclude
-                ):
-                    found.append(instance)
-        return found
+        entries = [(e, e.instances.values()) for n in services if (e := self._services.get(n))]
+        return [
+            instance
+            for entry, instances in entries
+            for instance in instances
+            if command in instance.commands
+            and instance.version not in entry.invalid_versions
+            and (server is None or instance.server == server)
+            and (zone is None or instance.zone == zone)
+            and instance.client_id != exclude
+        ]
 
     def knows_command(self, service: str, command: str) -> bool:
         """Whether anything of ``service`` (instance or definition) accepts ``command``."""
@@ -234,7 +232,11 @@ class _Choice:
             point = zlib.crc32(sticky.encode("utf-8", "surrogatepass"))
             members = self._members_at(point % self._total)
             return members[(point // self._total) % len(members)]
-        members = self._members_at(rng.randrange(self._total)) if len(self._pools) > 1 else self._pools[0][1]
+        members = (
+            self._members_at(rng.randrange(self._total))
+            if len(self._pools) > 1
+            else self._pools[0][1]
+        )
         self._cursor += 1
         return members[self._cursor % len(members)]
 

@@ -100,7 +100,9 @@ class RegistrationRefused(ClientError):
         retry_after: For ``throttled``, seconds to wait before trying again.
     """
 
-    def __init__(self, message: str, *, service: str, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, service: str, reason: str, retry_after: float | None = None
+    ) -> None:
         self.reason = reason
         self.retry_after = retry_after
         super().__init__(message, service=service)
@@ -114,7 +116,9 @@ class RequestFailed(ClientError):
         answer: The answer received (``None`` on timeout).
     """
 
-    def __init__(self, message: str, *, service: str, command: str, answer: object | None = None) -> None:
+    def __init__(
+        self, message: str, *, service: str, command: str, answer: object | None = None
+    ) -> None:
         self.command = command
         self.answer = answer
         super().__init__(message, service=service)

@@ -115,7 +115,7 @@ class Keys:
         return f"{self.prefix}router:lease:{partition}"
 
     def router_checkpoint(self, partition: int) -> str:
-        """String: JSON {router, prints}: fingerprints of the last messages routed in a partition."""
+        """String: JSON {router, prints}: fingerprints of the last messages routed there."""
         return f"{self.prefix}router:ckpt:{partition}"
 
     def routers(self) -> str:

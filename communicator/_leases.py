@@ -77,7 +77,7 @@ class Leases:
     async def owners(self, partitions: int) -> dict[int, str]:
         """Partition -> owning router id, for the partitions that have an owner."""
         values = await self._redis.mget([self._keys.router_lease(p) for p in range(partitions)])
-        return {p: v.decode() for p, v in enumerate(values) if v is not None}
+        return {p: v.decode() if isinstance(v, bytes) else v for p, v in enumerate(values) if v}
 
     async def save_checkpoints(self, items: list[tuple[int, list[int]]]) -> None:
         """Record our progress in each partition (the fingerprints of the last messages)."""

@@ -94,7 +94,7 @@ class Message(BaseModel):
         """Whether the message goes to more than one instance."""
         return self.service in BROADCAST_SERVICES or self.server == ALL_SERVERS
 
-    def reply(self, command: str, **parameters: str) -> Message:
+    def reply(self, command: str, /, **parameters: str) -> Message:
         """Build a reply addressed to the sender of this message."""
         return Message(
             command=command,

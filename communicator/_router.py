@@ -24,7 +24,7 @@ import aiomqtt
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator._backoff import FIRST_WAIT, MAX_WAIT, backoff_delay
+from communicator._backoff import backoff_delay
 from communicator._cache import Cached, MessageCache
 from communicator._codec import decode, encode
 from communicator._control import Control
@@ -88,7 +88,10 @@ class Router:
     ) -> None:
         self.settings = settings
         self.config = config or RouterConfig()
-        self.router_id = router_id or f"communicatord-{settings.server_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.router_id = (
+            router_id
+            or f"communicatord-{settings.server_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
         self.keys = Keys(settings.key_prefix)
         self.topics = Topics(settings.topic_prefix)
         self.redis = redis
@@ -103,7 +106,9 @@ class Router:
             buffer_seconds=self.config.buffer_seconds,
             buffer_size=self.config.buffer_size,
         )
-        self.leases = Leases(redis=redis, keys=self.keys, router_id=self.router_id, ttl=self.config.lease_ttl)
+        self.leases = Leases(
+            redis=redis, keys=self.keys, router_id=self.router_id, ttl=self.config.lease_ttl
+        )
         self.cache = MessageCache(redis=redis, keys=self.keys, size=self.config.cache_size)
         self.tracker = OutcomeTracker()
         self.control = Control(self)
@@ -112,7 +117,13 @@ class Router:
         self._in_prefix = self.topics.inbound("")
         self._stopping = asyncio.Event()
         self._free_last_round: set[int] = set()
-        self.stats: dict[str, int] = {"routed": 0, "invalid": 0, "unknown": 0, "cached": 0, "cache_dropped": 0}
+        self.stats: dict[str, int] = {
+            "routed": 0,
+            "invalid": 0,
+            "unknown": 0,
+            "cached": 0,
+            "cache_dropped": 0,
+        }
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -141,7 +152,9 @@ class Router:
     async def _hand_over(self) -> None:
         owned = self.table.owned()
         with contextlib.suppress(RedisError, OSError):
-            await self.leases.save_checkpoints([(p, prints) for p, prints in self.table.checkpoints()])
+            await self.leases.save_checkpoints(
+                [(p, prints) for p, prints in self.table.checkpoints()]
+            )
             await self.leases.release(owned)
             await self.leases.leave()
             await self._flush()
@@ -172,7 +185,9 @@ class Router:
 
     async def _on_mqtt(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        payload = (
+            message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        )
         client_id = topic[len(self._in_prefix) :]
         received = Received(client_id, payload, fingerprint(client_id, payload), time.monotonic())
         partition = self.table.partition(client_id)
@@ -194,10 +209,17 @@ class Router:
 
     async def reply(self, client_id: str, command: str, /, **parameters: str) -> None:
         """Send a message from the communicator itself to ``client_id``."""
-        await self.publish(client_id, Message.model_construct(
-            command=command, server="", service="", sent_from_server=self.settings.server_name,
-            sent_from_service="communicator", parameters=parameters,
-        ))  # fmt: skip
+        await self.publish(
+            client_id,
+            Message.model_construct(
+                command=command,
+                server="",
+                service="",
+                sent_from_server=self.settings.server_name,
+                sent_from_service="communicator",
+                parameters=parameters,
+            ),
+        )
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -224,9 +246,12 @@ class Router:
         sender = self.directory.sender(client_id)
         if sender is None:
             await self.reply(
-                client_id, "INVALID", command=message.command,
-                reason="not registered: send REGISTER service=...;version=... first", **_correlation(message),
-            )  # fmt: skip
+                client_id,
+                "INVALID",
+                command=message.command,
+                reason="not registered: send REGISTER service=...;version=... first",
+                **_correlation(message),
+            )
             return
         message = message.model_copy(
             update={"sent_from_server": sender.server, "sent_from_service": sender.service}
@@ -236,7 +261,13 @@ class Router:
             if problems:
                 self.stats["invalid"] += 1
                 reason = "\n".join(str(p) for p in problems)
-                await self.reply(client_id, "INVALID", command=message.command, reason=reason, **_correlation(message))
+                await self.reply(
+                    client_id,
+                    "INVALID",
+                    command=message.command,
+                    reason=reason,
+                    **_correlation(message),
+                )
                 return
         in_reply_to = message.parameters.get("in_reply_to")
         if in_reply_to is not None and await self._answer(sender, in_reply_to, message):
@@ -252,10 +283,14 @@ class Router:
     async def _unicast(self, partition: int, sender: Instance, message: Message) -> bool:
         sticky_name = self.directory.sticky_parameter(message.service)
         sticky = message.parameters.get(sticky_name) if sticky_name else None
-        target = self.directory.pick(message.service, message.command, server=message.server, sticky=sticky)
+        target = self.directory.pick(
+            message.service, message.command, server=message.server, sticky=sticky
+        )
         if target is Verdict.UNKNOWN:
             self.stats["unknown"] += 1
-            await self.reply(sender.client_id, "UNKNOWN", command=message.command, **_correlation(message))
+            await self.reply(
+                sender.client_id, "UNKNOWN", command=message.command, **_correlation(message)
+            )
             return True
         if target is Verdict.UNAVAILABLE:
             await self._cache(partition, sender.client_id, message)
@@ -276,20 +311,36 @@ class Router:
             with contextlib.suppress(ValueError):
                 timeout = parse_duration(message.parameters["timeout"])
         now = time.monotonic()
-        self.tracker.expect(target.client_id, message_id, Pending(
-            requester, target.service, target.version, target.instance, target.server, now, now + timeout,
-        ))  # fmt: skip
+        self.tracker.expect(
+            target.client_id,
+            message_id,
+            Pending(
+                requester,
+                target.service,
+                target.version,
+                target.instance,
+                target.server,
+                now,
+                now + timeout,
+            ),
+        )
 
     async def _answer(self, replier: Instance, in_reply_to: str, message: Message) -> bool:
         """Record the outcome of a reply; deliver it to its requester. False: route by address."""
-        answer = self.tracker.answer(replier.client_id, in_reply_to, error=message.command == "ERROR")
+        answer = self.tracker.answer(
+            replier.client_id, in_reply_to, error=message.command == "ERROR"
+        )
         if answer is None:
             return False
         if message.command == "ERROR":
             await self.control.record(
-                replier.service, replier.version, "error_reply",
-                reason=message.parameters.get("reason", ""), instance=replier.instance, server=replier.server,
-            )  # fmt: skip
+                replier.service,
+                replier.version,
+                "error_reply",
+                reason=message.parameters.get("reason", ""),
+                instance=replier.instance,
+                server=replier.server,
+            )
         requester = self.directory.sender(answer.pending.requester)
         if requester is None:
             return False
@@ -302,16 +353,28 @@ class Router:
         if service in ("*", "?", "."):
             targets = self.directory.every(
                 message.command,
-                server=sender.server if service == "." else (server if server not in ("", "*") else None),
+                server=sender.server
+                if service == "."
+                else (server if server not in ("", "*") else None),
                 zone=sender.zone if service == "?" else None,
                 exclude=sender.client_id,
             )
         else:  # *:service
-            targets = self.directory.every(message.command, service=service, exclude=sender.client_id)
-            if not targets and not self.directory.knows_command(service, message.command):
-                if self.directory.instances(service):
-                    await self.reply(sender.client_id, "UNKNOWN", command=message.command, **_correlation(message))
-                    return
+            targets = self.directory.every(
+                message.command, service=service, exclude=sender.client_id
+            )
+            if (
+                not targets
+                and not self.directory.knows_command(service, message.command)
+                and self.directory.instances(service)
+            ):
+                await self.reply(
+                    sender.client_id,
+                    "UNKNOWN",
+                    command=message.command,
+                    **_correlation(message),
+                )
+                return
         for target in targets:
             await self.publish(target.client_id, message)
         self.stats["routed"] += len(targets)
@@ -324,20 +387,29 @@ class Router:
             if report:
                 await self._report(client_id, message, "failed", "no instance, and cache=no")
             else:
-                await self.reply(client_id, "SERVICE_UNAVAILABLE", destination_service=message.service, command=message.command)
+                await self.reply(
+                    client_id,
+                    "SERVICE_UNAVAILABLE",
+                    destination_service=message.service,
+                    command=message.command,
+                )
             return
         ttl = self.config.default_ttl
         if "ttl" in message.parameters:
             with contextlib.suppress(ValueError):
                 ttl = parse_duration(message.parameters["ttl"])
-        pushed_out = await self.cache.add(partition, MessageCache.new(client_id, message, ttl, report=report))
+        pushed_out = await self.cache.add(
+            partition, MessageCache.new(client_id, message, ttl, report=report)
+        )
         self.stats["cached"] += 1
         self.stats["cache_dropped"] += len(pushed_out)
         if report:
             await self._report(client_id, message, "cached", "")
         for item in pushed_out:
             if item.report:
-                await self._report(item.sender, item.message, "failed", "pushed out of the full cache")
+                await self._report(
+                    item.sender, item.message, "failed", "pushed out of the full cache"
+                )
 
     async def _report(self, client_id: str, message: Message, status: str, reason: str) -> None:
         destination = f"{message.server}:{message.service}" if message.server else message.service
@@ -359,7 +431,15 @@ class Router:
                     continue
                 sender = self.directory.sender(item.sender)
                 if sender is None:  # the sender left; deliver on its behalf all the same
-                    sender = Instance(item.message.sent_from_service, item.sender, item.message.sent_from_server, "", "", item.sender, frozenset())
+                    sender = Instance(
+                        item.message.sent_from_service,
+                        item.sender,
+                        item.message.sent_from_server,
+                        "",
+                        "",
+                        item.sender,
+                        frozenset(),
+                    )
                 if await self._unicast(partition, sender, item.message):
                     done.append(item)
                 else:
@@ -375,7 +455,9 @@ class Router:
             try:
                 await self._lease_round(margin)
             except (RedisError, OSError) as exc:
-                logger.warning("cannot renew partition leases (%s); routing pauses when they lapse", exc)
+                logger.warning(
+                    "cannot renew partition leases (%s); routing pauses when they lapse", exc
+                )
             await asyncio.sleep(config.renew_every)
 
     async def _lease_round(self, margin: float) -> None:
@@ -460,7 +542,9 @@ class Router:
             event = json.loads(data)
             kind = event.get("type")
             if kind in ("version_invalidated", "version_reinstated"):
-                self.directory.set_invalid(event["service"], event["version"], kind == "version_invalidated")
+                self.directory.set_invalid(
+                    event["service"], event["version"], kind == "version_invalidated"
+                )
                 await self.control.refresh(event["service"])
             return
         await self.control.refresh(data.decode())
@@ -472,9 +556,13 @@ class Router:
                 await self._flush()
                 for pending in self.tracker.timed_out():
                     await self.control.record(
-                        pending.service, pending.version, "timeout",
-                        reason="no reply in time", instance=pending.instance, server=pending.server,
-                    )  # fmt: skip
+                        pending.service,
+                        pending.version,
+                        "timeout",
+                        reason="no reply in time",
+                        instance=pending.instance,
+                        server=pending.server,
+                    )
                 expired: dict[int, list[Cached]] = {}
                 for partition, item in self.cache.expired():
                     expired.setdefault(partition, []).append(item)

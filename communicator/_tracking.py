@@ -78,7 +78,9 @@ class OutcomeTracker:
                 expired.append(pending)
         return expired
 
-    def take_successes(self) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], list[float]]]:
+    def take_successes(
+        self,
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], list[float]]]:
         """Hand over the counted successes and latencies, and start counting afresh."""
         successes, latencies = dict(self.successes), self.latencies
         self.successes = Counter()

@@ -29,8 +29,10 @@ def test_public_names_are_exported(name: str) -> None:
     """No public name of a package's face is missing from ``__all__``."""
     module = importlib.import_module(name)
     public = {
-        n for n, v in vars(module).items()
-        if not n.startswith("_") and getattr(v, "__module__", name).startswith(name)
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_")
+        and getattr(v, "__module__", name).startswith(name)
         and not isinstance(v, type(importlib))
-    }  # fmt: skip
+    }
     assert public <= set(module.__all__)

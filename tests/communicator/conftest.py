@@ -26,9 +26,12 @@ def service_definitions() -> dict[str, ServiceDefinition]:
 @pytest.fixture
 def settings(redis_url: str, mqtt_url: str, key_prefix: str, topic_prefix: str) -> Settings:
     return Settings(
-        redis_url=redis_url, mqtt_url=mqtt_url, key_prefix=key_prefix, topic_prefix=topic_prefix,
+        redis_url=redis_url,
+        mqtt_url=mqtt_url,
+        key_prefix=key_prefix,
+        topic_prefix=topic_prefix,
         server_name="router_host",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -52,5 +55,3 @@ async def start(settings: Settings, router: Router) -> AsyncIterator[Start]:
 
     yield launch
     await asyncio.gather(*(p.close() for p in started))
-
-

@@ -42,11 +42,21 @@ class ServiceProcess:
         self.client_id = ""
 
     @classmethod
-    async def start(cls, settings: Settings, service: str, version: str, *args: str, ready: bool = True) -> ServiceProcess:
+    async def start(
+        cls, settings: Settings, service: str, version: str, *args: str, ready: bool = True
+    ) -> ServiceProcess:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.communicator.service_main", service, version, *args,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=environment(settings), cwd=ROOT,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "tests.communicator.service_main",
+            service,
+            version,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=environment(settings),
+            cwd=ROOT,
+        )
         proc = cls(process, f"{service}@{version}")
         if ready:
             event = await proc.expect("ready")
@@ -63,9 +73,12 @@ class ServiceProcess:
         return event
 
     async def expect(
-        self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda e: True, timeout: float = TIMEOUT
+        self,
+        kind: str,
+        where: Callable[[dict[str, Any]], bool] = lambda e: True,
+        timeout: float = TIMEOUT,
     ) -> dict[str, Any]:
-        """The first event of ``kind`` matching ``where`` not expected before, waiting for it if need be."""
+        """The first event of ``kind`` matching ``where`` not taken before, waiting if need be."""
         for index, event in enumerate(self.events):
             if index not in self._taken and event["event"] in kind.split("|") and where(event):
                 self._taken.add(index)
@@ -83,9 +96,10 @@ class ServiceProcess:
     def received(self, command: str | None = None) -> list[dict[str, Any]]:
         """Messages received so far (of ``command``)."""
         return [
-            e["message"] for e in self.events
+            e["message"]
+            for e in self.events
             if e["event"] == "received" and (command is None or e["message"]["command"] == command)
-        ]  # fmt: skip
+        ]
 
     async def order(self, **order: Any) -> None:
         assert self.process.stdin is not None
@@ -128,11 +142,15 @@ async def running_router(
     settings: Settings, redis: Any, *, services: dict[str, Any] | None = None, **config: Any
 ) -> AsyncIterator[Router]:
     """A router in this process, ready (holding its partitions) on entry, stopped on exit."""
-    router = Router(settings=settings, redis=redis, services=services, config=RouterConfig(**config))
+    router = Router(
+        settings=settings, redis=redis, services=services, config=RouterConfig(**config)
+    )
     task = asyncio.create_task(router.run(), name="test-router")
     try:
         ready = asyncio.create_task(router.ready.wait())
-        done, _ = await asyncio.wait({task, ready}, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, ready}, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
         if task in done:
             task.result()
         if ready not in done:

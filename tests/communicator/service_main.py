@@ -18,7 +18,6 @@ import time
 
 from communicator import Client, ClientError, Message, RegistrationRefused, parse_line
 
-
 #: Commands from the communicator that inform and must not be answered.
 INFORMATION = {"STATUS", "TRANSMISSION_REPORT", "SERVICE_UNAVAILABLE", "UNKNOWN", "INVALID"}
 
@@ -53,7 +52,7 @@ async def main() -> None:
         args.service,
         args.version,
         commands=commands,
-        handlers={c: handle for c in commands},
+        handlers=dict.fromkeys(commands, handle),
         server=args.server,
         zone=args.zone,
         password=args.password,
@@ -77,7 +76,9 @@ async def main() -> None:
             say("sent")
         elif "request" in order:
             try:
-                answer = await client.request(parse_line(order["request"]), timeout=order.get("timeout", 5))
+                answer = await client.request(
+                    parse_line(order["request"]), timeout=order.get("timeout", 5)
+                )
                 say("reply", message=answer.model_dump())
             except ClientError as exc:  # RequestFailed, or not connected
                 say("failed", error=str(exc))

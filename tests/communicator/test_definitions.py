@@ -18,10 +18,25 @@ from communicator import (
 from tests.communicator.strategies import messages
 
 REQUIRED = {
-    "HELP", "COMMANDS", "ALIVE", "ABSOLUTELY", "STOP", "QUITTING", "UNKNOWN", "INVALID", "CLOCK",
-    "REGISTER", "UNREGISTER", "READY", "REFUSE", "STATUS", "FAILURE", "TRANSMISSION_REPORT",
-    "SERVICE_UNAVAILABLE", "BUSY",
-}  # fmt: skip
+    "HELP",
+    "COMMANDS",
+    "ALIVE",
+    "ABSOLUTELY",
+    "STOP",
+    "QUITTING",
+    "UNKNOWN",
+    "INVALID",
+    "CLOCK",
+    "REGISTER",
+    "UNREGISTER",
+    "READY",
+    "REFUSE",
+    "STATUS",
+    "FAILURE",
+    "TRANSMISSION_REPORT",
+    "SERVICE_UNAVAILABLE",
+    "BUSY",
+}
 
 
 @pytest.fixture(scope="module")

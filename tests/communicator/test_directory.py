@@ -9,12 +9,21 @@ from communicator._directory import Directory, Instance, Verdict
 from communicator._plans import Pool, RoutePlan
 
 
-def instance(client_id: str, version: str, *, service: str = "orders", server: str = "s1",
-             zone: str = "z1", commands: tuple[str, ...] = ("PLACE",)) -> Instance:  # fmt: skip
+def instance(
+    client_id: str,
+    version: str,
+    *,
+    service: str = "orders",
+    server: str = "s1",
+    zone: str = "z1",
+    commands: tuple[str, ...] = ("PLACE",),
+) -> Instance:
     return Instance(service, client_id, server, zone, version, client_id, frozenset(commands))
 
 
-def directory(*instances: Instance, plan: RoutePlan | None = None, invalid: tuple[str, ...] = ()) -> Directory:
+def directory(
+    *instances: Instance, plan: RoutePlan | None = None, invalid: tuple[str, ...] = ()
+) -> Directory:
     d = Directory(rng=random.Random(7))
     d.replace_service("orders", instances=instances, invalid_versions=invalid, plan=plan)
     return d
@@ -69,10 +78,10 @@ def test_blue_green_active_color() -> None:
 
 def test_sticky_parameter_keeps_a_user_on_one_instance() -> None:
     """The same sticky value always gets the same instance; different values spread."""
-    plan = RoutePlan(pools=[Pool(version="1", weight=50), Pool(version="2", weight=50)], sticky="user")
+    plan = RoutePlan(
+        pools=[Pool(version="1", weight=50), Pool(version="2", weight=50)], sticky="user"
+    )
     d = directory(instance("a", "1"), instance("b", "2"), instance("c", "2"), plan=plan)
-    chosen = {d.pick("orders", "PLACE", sticky=f"user{i}") for i in range(5) for _ in range(20)}
-    assert len({c for c in chosen}) >= 1
     for user in ("alice", "bob", "carol"):
         first = d.pick("orders", "PLACE", sticky=user)
         assert all(d.pick("orders", "PLACE", sticky=user) == first for _ in range(50))
@@ -81,7 +90,7 @@ def test_sticky_parameter_keeps_a_user_on_one_instance() -> None:
 
 
 def test_unknown_command_versus_unavailable() -> None:
-    """A known service that accepts nothing like CMD gives UNKNOWN; no valid instance gives UNAVAILABLE."""
+    """A known service not accepting CMD gives UNKNOWN; no valid instance gives UNAVAILABLE."""
     d = directory(instance("a", "1"))
     assert d.pick("orders", "REFUND") is Verdict.UNKNOWN
     assert d.pick("payments", "PAY") is Verdict.UNAVAILABLE
@@ -92,7 +101,9 @@ def test_unknown_command_versus_unavailable() -> None:
 def test_defined_commands_answer_before_registration() -> None:
     """A service definition lets UNKNOWN be answered before any instance registers."""
     d = Directory()
-    d.replace_service("orders", instances=[], invalid_versions=[], plan=None, defined_commands=["PLACE"])
+    d.replace_service(
+        "orders", instances=[], invalid_versions=[], plan=None, defined_commands=["PLACE"]
+    )
     assert d.pick("orders", "REFUND") is Verdict.UNKNOWN
     assert d.pick("orders", "PLACE") is Verdict.UNAVAILABLE
 
@@ -105,7 +116,7 @@ def test_named_server() -> None:
 
 
 def test_broadcast_filters() -> None:
-    """Broadcasts reach only accepting, valid instances, filtered by zone or server, never the sender."""
+    """Broadcasts reach accepting, valid instances, by zone or server, never the sender."""
     d = directory(
         instance("a", "1", server="s1", zone="z1", commands=("PLACE", "RELOAD")),
         instance("b", "1", server="s2", zone="z2", commands=("RELOAD",)),

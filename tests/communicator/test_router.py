@@ -11,7 +11,15 @@ from unittest.mock import ANY
 import pytest
 from redis.asyncio import Redis
 
-from communicator import MessageDefinitions, PlanStore, Pool, RoutePlan, Router, RouterConfig, Settings
+from communicator import (
+    MessageDefinitions,
+    PlanStore,
+    Pool,
+    RoutePlan,
+    Router,
+    RouterConfig,
+    Settings,
+)
 from tests.communicator.conftest import CACHE_SIZE, Start
 from tests.communicator.fleet import ServiceProcess, running_router
 
@@ -19,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_request_reaches_a_service_and_the_reply_comes_back(start: Start) -> None:
-    """service/CMD goes to an instance; its reply returns to the requester with the sender filled in."""
+    """service/CMD goes to an instance; its reply returns to the requester, sender filled in."""
     orders = await start("orders", "1.0", "--commands", "PLACE")
     front = await start("front", "2.0", "--server", "web_1")
     answer = await front.request("orders/PLACE item=book")
@@ -82,11 +90,14 @@ REPORTS = ("--commands", "TRANSMISSION_REPORT,SERVICE_UNAVAILABLE,STATUS")
 
 
 def report(status: str) -> Callable[[dict[str, object]], bool]:
-    return lambda e: e["message"]["command"] == "TRANSMISSION_REPORT" and e["message"]["parameters"]["status"] == status  # type: ignore[index]  # noqa: E501
+    return lambda e: (
+        e["message"]["command"] == "TRANSMISSION_REPORT"
+        and e["message"]["parameters"]["status"] == status
+    )  # type: ignore[index]
 
 
 async def test_cached_until_the_service_registers(start: Start) -> None:
-    """A message for a service with no instance is cached, reported, and delivered on registration."""
+    """A message for a service with no instance is cached, reported, delivered on registration."""
     front = await start("front", "1.0", *REPORTS)
     await front.send("later/WORK job=1;transmission_report=failure")
     await front.expect("received", report("cached"))
@@ -107,26 +118,31 @@ async def test_cache_no_reports_a_failure(start: Start) -> None:
 
 
 async def test_cache_bound_drops_the_oldest_and_keeps_order(start: Start, router: Router) -> None:
-    """Past the bound the oldest cached messages are dropped and reported; the rest keep their order."""
+    """Past the bound the oldest cached messages are dropped and reported; the rest keep order."""
     front = await start("front", "1.0", *REPORTS)
     await front.burst("later/WORK transmission_report=failure", CACHE_SIZE + 2)
     dropped = [await front.expect("received", report("failed")) for _ in range(2)]
     assert all("full cache" in e["message"]["parameters"]["reason"] for e in dropped)
     later = await start("later", "1.0", "--commands", "WORK")
-    seqs = [int((await later.expect("received"))["message"]["parameters"]["seq"]) for _ in range(CACHE_SIZE)]
+    seqs = [
+        int((await later.expect("received"))["message"]["parameters"]["seq"])
+        for _ in range(CACHE_SIZE)
+    ]
     assert seqs == list(range(2, CACHE_SIZE + 2))
     assert router.stats["cache_dropped"] == 2
 
 
 async def test_newer_messages_queue_behind_cached_ones(start: Start) -> None:
-    """While a sender has cached messages for a service, its newer ones wait behind them, in order."""
+    """While a sender has messages cached for a service, its newer ones queue behind them."""
     front = await start("front", "1.0")
     await front.send("later/WORK seq=0")
     later = await start("later", "1.0", "--commands", "WORK", ready=False)
     for seq in range(1, 20):
         await front.send(f"later/WORK seq={seq}")
     await later.expect("ready")
-    seqs = [int((await later.expect("received"))["message"]["parameters"]["seq"]) for _ in range(20)]
+    seqs = [
+        int((await later.expect("received"))["message"]["parameters"]["seq"]) for _ in range(20)
+    ]
     assert seqs == list(range(20))
 
 
@@ -134,10 +150,15 @@ async def test_killed_service_is_recorded_as_a_failure(start: Start, router: Rou
     """A service process that dies is reported by its will: a disconnect failure and STATUS down."""
     watcher = await start("watch", "1.0", *REPORTS)
     victim = await start("victim", "3.1", "--commands", "WORK")
-    await watcher.expect("received", lambda e: e["message"]["parameters"].get("service") == "victim")
+    await watcher.expect(
+        "received", lambda e: e["message"]["parameters"].get("service") == "victim"
+    )
     await victim.crash()
     down = await watcher.expect(
-        "received", lambda e: e["message"]["command"] == "STATUS" and e["message"]["parameters"]["status"] == "down"
+        "received",
+        lambda e: (
+            e["message"]["command"] == "STATUS" and e["message"]["parameters"]["status"] == "down"
+        ),
     )
     assert down["message"]["parameters"]["version"] == "3.1"
     [failure] = await router.registry.failures("victim")
@@ -146,19 +167,24 @@ async def test_killed_service_is_recorded_as_a_failure(start: Start, router: Rou
     assert await router.registry.instances("victim") == []
 
 
-async def test_strict_mode_refuses_invalid_messages(settings: Settings, redis: Redis, tmp_path: Path) -> None:
-    """In strict mode a message that breaks its definition gets INVALID with every problem, and is not delivered."""
+async def test_strict_mode_refuses_invalid_messages(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    """Strict mode: a message breaking its definition gets INVALID, every problem, no delivery."""
     (tmp_path / "PLACE.yaml").write_text(
         "command: PLACE\ndescription: Place an order.\nparameters:\n"
-        "  qty:\n    description: how many\n    required: true\n    value: {type: integer, min: 1}\n"
+        "  qty:\n    description: how many\n    required: true\n"
+        "    value: {type: integer, min: 1}\n"
     )
     (tmp_path / "DONE.yaml").write_text(  # strict: the reply needs a definition too
         "command: DONE\ndescription: Done.\nparameters:\n  by:\n    description: the version\n"
     )
     router = Router(
-        settings=settings, redis=redis, definitions=MessageDefinitions.load(tmp_path),
+        settings=settings,
+        redis=redis,
+        definitions=MessageDefinitions.load(tmp_path),
         config=RouterConfig(strict=True),
-    )  # fmt: skip
+    )
     task = asyncio.create_task(router.run())
     started: list[ServiceProcess] = []
     try:
@@ -181,8 +207,10 @@ async def test_strict_mode_refuses_invalid_messages(settings: Settings, redis: R
 
 
 async def test_plan_change_reaches_every_router(settings: Settings, redis: Redis) -> None:
-    """A route plan written by a strategy is applied by every communicator within a pub/sub round trip."""
-    plan = RoutePlan(pools=[Pool(version="1", weight=90), Pool(version="2", weight=10)], reason="canary 10%")
+    """A route plan written by a strategy is applied by every communicator within a round trip."""
+    plan = RoutePlan(
+        pools=[Pool(version="1", weight=90), Pool(version="2", weight=10)], reason="canary 10%"
+    )
     async with running_router(settings, redis) as first, running_router(settings, redis) as second:
         routers = (first, second)
         written = time.monotonic()

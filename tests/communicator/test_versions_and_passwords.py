@@ -52,7 +52,7 @@ async def next_event(events: asyncio.Queue[dict[str, object]], kind: str) -> dic
 async def test_failing_version_is_cut_off_then_reinstated(
     start: Start, router: Router, events: asyncio.Queue[dict[str, object]]
 ) -> None:
-    """A version crossing its policy gets no more traffic and is refused at REGISTER until reinstated."""
+    """A version crossing its policy gets no traffic and is refused at REGISTER until reinstated."""
     policy = InvalidationPolicy(min_failures=3, max_failure_rate=0.0, crash_loop=0)
     await router.registry.set_policy("orders", policy, version="2.0")
     await start("orders", "1.0", "--commands", "PLACE")
@@ -73,12 +73,14 @@ async def test_failing_version_is_cut_off_then_reinstated(
     assert await router.registry.reinstate("orders", "2.0", "fixed the database")
     await next_event(events, "version_reinstated")
     await start("orders", "2.0", "--commands", "PLACE")
-    answered = {(await front.request("orders/PLACE"))["message"]["parameters"]["by"] for _ in range(40)}
+    answered = {
+        (await front.request("orders/PLACE"))["message"]["parameters"]["by"] for _ in range(40)
+    }
     assert answered == {"1.0", "2.0"}
 
 
 async def test_error_replies_and_timeouts_are_recorded(start: Start, router: Router) -> None:
-    """An ERROR reply counts as error_reply and a request left unanswered as timeout, per version."""
+    """An ERROR reply counts as error_reply, a request left unanswered as timeout."""
     await start("grumpy", "0.9", "--commands", "ASK", "--behaviour", "error")
     await start("mute", "0.1", "--commands", "ASK", "--behaviour", "silent")
     front = await start("front", "1.0")
@@ -87,7 +89,11 @@ async def test_error_replies_and_timeouts_are_recorded(start: Start, router: Rou
     answer = await front.request("mute/ASK", timeout=0.3)
     assert "no reply" in answer["error"]
     for _ in range(100):  # the router's sweep runs every 0.2 s
-        kinds = {(f.service, f.version, f.kind) for s in ("grumpy", "mute") for f in await router.registry.failures(s)}
+        kinds = {
+            (f.service, f.version, f.kind)
+            for s in ("grumpy", "mute")
+            for f in await router.registry.failures(s)
+        }
         if len(kinds) == 2:
             break
         await asyncio.sleep(0.05)
@@ -109,16 +115,20 @@ async def test_password_required_wrong_and_right(start: Start, router: Router) -
 async def test_repeated_bad_passwords_are_throttled(
     start: Start, router: Router, events: asyncio.Queue[dict[str, object]]
 ) -> None:
-    """The 5th bad password from one client starts a block: even the right one is refused, an event says so."""
+    """The 5th bad password from a client starts a block (even the right one fails) and an event."""
     await router.passwords.set_password("vault", "s3cret")
     reasons = []
     for n in range(5):
-        attempt = await start("vault", "1", "--password", f"guess{n}", "--client-id", "intruder", ready=False)
+        attempt = await start(
+            "vault", "1", "--password", f"guess{n}", "--client-id", "intruder", ready=False
+        )
         reasons.append((await attempt.expect("refused"))["reason"])
     assert reasons == ["bad_password"] * 4 + ["throttled"]
     event = await next_event(events, "bad_passwords")
     assert event["service"] == "vault"
-    blocked = await start("vault", "1", "--password", "s3cret", "--client-id", "intruder", ready=False)
+    blocked = await start(
+        "vault", "1", "--password", "s3cret", "--client-id", "intruder", ready=False
+    )
     refused = await blocked.expect("refused")
     assert refused["reason"] == "throttled"
     assert refused["retry_after"] > 0

@@ -55,11 +55,29 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1, its own CA, and its key."""
     cert, key = folder / "server.pem", folder / "server.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -96,11 +114,26 @@ async def test_broker_config_runs_in_mosquitto_and_isolates_clients(
     monkeypatch.setenv("DEPLOYCTL_TOPIC_PREFIX", topic_prefix)
     cert, key = self_signed_certificate(tmp_path)
     tls_port, local_port, folder = free_port(), free_port(), tmp_path / "broker"
-    result = await asyncio.to_thread(runner.invoke, app, [
-        "broker-config", "--out", str(folder), "--tls-port", str(tls_port),
-        "--local-port", str(local_port), "--cafile", str(cert), "--certfile", str(cert),
-        "--keyfile", str(key), "--json",
-    ])  # fmt: skip
+    result = await asyncio.to_thread(
+        runner.invoke,
+        app,
+        [
+            "broker-config",
+            "--out",
+            str(folder),
+            "--tls-port",
+            str(tls_port),
+            "--local-port",
+            str(local_port),
+            "--cafile",
+            str(cert),
+            "--certfile",
+            str(cert),
+            "--keyfile",
+            str(key),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     # Started as root, Mosquitto would drop to user mosquitto, who cannot enter tmp_path.
     with (folder / "mosquitto.conf").open("a") as conf:
@@ -115,9 +148,15 @@ async def test_broker_config_runs_in_mosquitto_and_isolates_clients(
 
     def client(client_id: str, user: str | None, password: str | None, **kw: Any) -> aiomqtt.Client:
         return aiomqtt.Client(
-            "127.0.0.1", kw.pop("port", local_port), identifier=client_id, username=user,
-            password=password, protocol=aiomqtt.ProtocolVersion.V311, timeout=TIMEOUT, **kw,
-        )  # fmt: skip
+            "127.0.0.1",
+            kw.pop("port", local_port),
+            identifier=client_id,
+            username=user,
+            password=password,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            timeout=TIMEOUT,
+            **kw,
+        )
 
     tls = {"port": tls_port, "tls_params": aiomqtt.TLSParameters(ca_certs=str(cert))}
     for refused in (

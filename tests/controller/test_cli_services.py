@@ -403,9 +403,18 @@ async def test_installed_command_end_to_end(registry: Registry, key_prefix: str)
     await populate(registry)
     script = Path(sys.executable).with_name("deployctl")
     process = await asyncio.create_subprocess_exec(
-        str(script), "version", "invalidate", "orders", "1.0", "--reason", "smoke", "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
-    )  # fmt: skip
+        str(script),
+        "version",
+        "invalidate",
+        "orders",
+        "1.0",
+        "--reason",
+        "smoke",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ),
+    )
     async with asyncio.timeout(30):
         out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
