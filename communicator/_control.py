@@ -30,6 +30,7 @@ COMMUNICATOR_COMMANDS = (
     "REGISTER",
     "UNREGISTER",
 )
+NOT_REGISTERED = "not registered: send REGISTER service=...;version=... first"
 _FAILURE_KINDS = {"failure", "error_reply", "timeout", "crash"}
 
 
@@ -213,16 +214,19 @@ class Control:
         await self._status_for(service, server, version, "down")
         await self.announce(service)
 
+    async def _registered_sender(self, client_id: str, message: Message) -> Instance | None:
+        """The sender's instance; ``None`` (after telling it so) when it has not registered."""
+        sender = self._router.directory.sender(client_id)
+        if sender is None:
+            await self._router.reply(
+                client_id, "INVALID", command=message.command, reason=NOT_REGISTERED
+            )
+        return sender
+
     async def _on_commands(self, client_id: str, message: Message) -> None:
         router = self._router
-        sender = router.directory.sender(client_id)
+        sender = await self._registered_sender(client_id, message)
         if sender is None:
-            await router.reply(
-                client_id,
-                "INVALID",
-                command="COMMANDS",
-                reason="not registered: send REGISTER first",
-            )
             return
         commands = [c for c in message.parameters["list"].split(",") if c]
         info = InstanceInfo(
@@ -241,15 +245,8 @@ class Control:
         await self.announce(sender.service)
 
     async def _on_failure(self, client_id: str, message: Message) -> None:
-        router = self._router
-        sender = router.directory.sender(client_id)
+        sender = await self._registered_sender(client_id, message)
         if sender is None:
-            await router.reply(
-                client_id,
-                "INVALID",
-                command="FAILURE",
-                reason="not registered: send REGISTER first",
-            )
             return
         p = message.parameters
         kind = p.get("kind", "failure")

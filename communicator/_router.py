@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from communicator._backoff import backoff_delay
 from communicator._cache import Cached, MessageCache
 from communicator._codec import decode, encode
-from communicator._control import Control
+from communicator._control import NOT_REGISTERED, Control
 from communicator._definitions import MessageDefinitions
 from communicator._directory import Directory, Instance, Verdict
 from communicator._errors import MessageError
@@ -249,7 +249,7 @@ class Router:
                 client_id,
                 "INVALID",
                 command=message.command,
-                reason="not registered: send REGISTER service=...;version=... first",
+                reason=NOT_REGISTERED,
                 **_correlation(message),
             )
             return
