@@ -14,6 +14,7 @@ from communicator._codec import (
     parse_json,
     parse_line,
 )
+from communicator._daemon import main as communicatord
 from communicator._definitions import (
     MessageDefinition,
     MessageDefinitions,
@@ -115,6 +116,7 @@ __all__ = [
     "VersionStatus",
     "__version__",
     "broker_url",
+    "communicatord",
     "connect_redis",
     "decode",
     "encode",

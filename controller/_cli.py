@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from communicator import __version__
+from communicator import __version__, communicatord
 from controller import _cli_broker, _cli_messages, _cli_services, _cli_versions
 from controller._output import console
 
@@ -23,6 +23,11 @@ app.add_typer(_cli_services.service_app, name="service")
 app.command("versions")(_cli_versions.list_versions)
 app.add_typer(_cli_versions.version_app, name="version")
 app.command("broker-config")(_cli_broker.broker_config)
+communicator_app = typer.Typer(help="The message router.", no_args_is_help=True)
+communicator_app.command("run", help="Run a communicator (the same as `communicatord`).")(
+    communicatord
+)
+app.add_typer(communicator_app, name="communicator")
 
 
 def _show_version(value: bool) -> None:
