@@ -35,6 +35,7 @@ from communicator._errors import (
 )
 from communicator._events import Event, EventType, parse_event
 from communicator._keys import Keys
+from communicator._measures import Measurements, Totals
 from communicator._message import Message
 from communicator._mqtt import broker_url, mqtt_client, wait_for_broker
 from communicator._outcomes import (
@@ -86,6 +87,7 @@ __all__ = [
     "InstanceInfo",
     "InvalidationPolicy",
     "Keys",
+    "Measurements",
     "Message",
     "MessageDefinition",
     "MessageDefinitions",
@@ -110,6 +112,7 @@ __all__ = [
     "Settings",
     "ThrottlePolicy",
     "Topics",
+    "Totals",
     "Validator",
     "VersionInfo",
     "VersionState",

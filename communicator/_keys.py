@@ -52,6 +52,10 @@ class Keys:
         """Hash with a TTL: a version's outcome counts, ``<bucket start>:<kind>`` -> count."""
         return f"{self.prefix}svc:{service}:ver:{version}:window"
 
+    def version_latencies(self, service: str, version: str) -> str:
+        """Stream (bounded): a version's reply latencies (field ``l``, seconds); ids give time."""
+        return f"{self.prefix}svc:{service}:ver:{version}:latency"
+
     def service_policy(self, service: str) -> str:
         """String: the service's InvalidationPolicy as JSON, written by strategies."""
         return f"{self.prefix}svc:{service}:policy"

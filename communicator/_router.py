@@ -33,6 +33,7 @@ from communicator._directory import Directory, Instance, Verdict
 from communicator._errors import MessageError
 from communicator._keys import Keys
 from communicator._leases import Leases
+from communicator._measures import Measurements
 from communicator._message import ALL_SERVERS, Message
 from communicator._mqtt import mqtt_client
 from communicator._partitions import PartitionTable, Received, fingerprint
@@ -98,6 +99,7 @@ class Router:
         self.registry = Registry(redis=redis, keys=self.keys)
         self.passwords = PasswordStore(redis=redis, keys=self.keys)
         self.plans = PlanStore(redis=redis, keys=self.keys)
+        self.measurements = Measurements(redis=redis, keys=self.keys)
         self.definitions = definitions or MessageDefinitions.load()
         self.service_definitions = dict(services or {})
         self.directory = Directory()
@@ -575,11 +577,12 @@ class Router:
                 logger.warning("housekeeping postponed: %s", exc)
 
     async def _flush(self) -> None:
-        successes, _latencies = self.tracker.take_successes()
+        successes, latencies = self.tracker.take_successes()
         if not successes:
             return
         try:
             await self.registry.record_successes(successes)
         except (RedisError, OSError):
-            self.tracker.restore(successes)
+            self.tracker.restore(successes)  # latencies are samples: losing some is fine
             raise
+        await self.measurements.record_latencies(latencies)

@@ -13,6 +13,8 @@ local policy = load_policy(KEYS[3], KEYS[4], ARGV[8])
 
 touch_version(KEYS[1], KEYS[5], KEYS[6], service, version, now_text)
 add_outcome(KEYS[2], now, policy, kind, count)
+-- Running totals since the version was first seen: analysis takes differences of them.
+redis.call('HINCRBY', KEYS[1], 'total:' .. kind, count)
 
 local state = redis.call('HMGET', KEYS[1], 'state', 'reason', 'evidence')
 if kind == 'success' then

@@ -17,5 +17,6 @@ for i = 0, (#ARGV - 1) / 3 - 1 do
   end
   touch_version(KEYS[k + 1], KEYS[k + 5], KEYS[1], ARGV[a + 1], ARGV[a + 2], now_text)
   add_outcome(KEYS[k + 2], now, policy, 'success', tonumber(ARGV[a + 3]))
+  redis.call('HINCRBY', KEYS[k + 1], 'total:success', tonumber(ARGV[a + 3]))
 end
 return 0

@@ -220,3 +220,21 @@ async def test_plan_change_reaches_every_router(settings: Settings, redis: Redis
             await asyncio.sleep(0.001)
         applied = time.monotonic() - written
     assert applied < 0.5
+
+
+async def test_outcomes_and_latencies_are_measured(start: Start, router: Router) -> None:
+    """Replies add to the replier version's running totals and latency samples, read by analysis."""
+    before = await router.measurements.totals("orders", "1.0")
+    await start("orders", "1.0", "--commands", "PLACE")
+    front = await start("front", "1.0")
+    for _ in range(5):
+        assert (await front.request("orders/PLACE"))["event"] == "reply"
+    deadline = time.monotonic() + 5
+    while True:  # successes and latencies are flushed every 0.2 s
+        after = await router.measurements.totals("orders", "1.0")
+        latencies = await router.measurements.latencies("orders", "1.0", since=before.at)
+        if after.since(before).get("success") == 5 and len(latencies) == 5:
+            break
+        assert time.monotonic() < deadline, (after, latencies)
+        await asyncio.sleep(0.05)
+    assert all(0 < latency < 5 for latency in latencies)
