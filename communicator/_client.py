@@ -65,6 +65,7 @@ class Client:
         qos: int = 1,
         register_timeout: float = 10.0,
         request_timeout: float = 30.0,
+        concurrency: int = 1,
     ) -> None:
         self.settings = settings or Settings()
         self.service = service
@@ -84,6 +85,9 @@ class Client:
         self._qos = qos
         self._register_timeout = register_timeout
         self._request_timeout = request_timeout
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1 (1: messages handled in order)")
+        self._concurrency = concurrency
         topics = Topics(self.settings.topic_prefix)
         self._in = topics.inbound(self.client_id)
         self._out = topics.outbound(self.client_id)
@@ -278,15 +282,25 @@ class Client:
             waiter.set_result(message)
 
     async def _serve(self) -> None:
-        """Handle received messages one at a time, in order."""
-        while True:
-            message = await self._inbox.get()
-            try:
-                await self._handle(message)
-            except Exception:  # a handler's bug must not kill the client
-                logger.exception("%s: handler for %s failed", self.client_id, message.command)
-                if "message_id" in message.parameters:
-                    await self._reply_error(message, "the handler raised an exception")
+        """Handle received messages: in order, or up to ``concurrency`` at once."""
+        if self._concurrency == 1:
+            while True:
+                await self._handle_safely(await self._inbox.get())
+        slots = asyncio.Semaphore(self._concurrency)
+        async with asyncio.TaskGroup() as handlers:
+            while True:
+                message = await self._inbox.get()
+                await slots.acquire()
+                task = handlers.create_task(self._handle_safely(message))
+                task.add_done_callback(lambda _: slots.release())
+
+    async def _handle_safely(self, message: Message) -> None:
+        try:
+            await self._handle(message)
+        except Exception:  # a handler's bug must not kill the client
+            logger.exception("%s: handler for %s failed", self.client_id, message.command)
+            if "message_id" in message.parameters:
+                await self._reply_error(message, "the handler raised an exception")
 
     async def _handle(self, message: Message) -> None:
         command = message.command

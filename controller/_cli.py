@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from communicator import __version__, communicatord
-from controller import _cli_broker, _cli_messages, _cli_services, _cli_versions
+from controller import (
+    _cli_broker,
+    _cli_canary,
+    _cli_messages,
+    _cli_playbook,
+    _cli_rollouts,
+    _cli_services,
+    _cli_up,
+    _cli_versions,
+)
 from controller._output import console
 
 app = typer.Typer(
@@ -28,6 +37,14 @@ communicator_app.command("run", help="Run a communicator (the same as `communica
     communicatord
 )
 app.add_typer(communicator_app, name="communicator")
+app.add_typer(_cli_playbook.playbook_app, name="playbook")
+app.add_typer(_cli_canary.app, name="canary")
+app.command("rollouts")(_cli_rollouts.list_rollouts)
+app.add_typer(_cli_rollouts.rollout_app, name="rollout")
+app.command("status")(_cli_rollouts.status)
+app.add_typer(_cli_rollouts.controller_app, name="controller")
+app.command("up")(_cli_up.up)
+app.command("demo")(_cli_up.demo)
 
 
 def _show_version(value: bool) -> None:

@@ -29,6 +29,8 @@ class Exit(IntEnum):
     USAGE = 2
     #: Redis or the broker could not be reached.
     BACKEND = 3
+    #: A rollout is still in progress (``status``, ``canary status``).
+    IN_PROGRESS = 4
 
 
 def emit(data: Any, *, as_json: bool, render: Callable[[], None]) -> None:

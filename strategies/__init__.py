@@ -1,3 +1,5 @@
-"""strategies (see DESIGN.md §2)."""
+"""Strategies: turn a rollout's intent into route plans, policies and flags (DESIGN §2, §7)."""
 
-__all__: list[str] = []
+from strategies._canary import CanaryStrategy
+
+__all__ = ["CanaryStrategy"]

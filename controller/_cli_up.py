@@ -1,0 +1,72 @@
+"""``deployctl up`` and ``deployctl demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Annotated
+
+import typer
+
+from communicator import BackendError, ConfigError
+from controller._cli_registry import load_settings
+from controller._demo import run_demo
+from controller._output import JSON_OPTION, Exit, console, emit, err_console, fail
+from controller._rollout import Phase
+from controller._up import Stack
+from controller._views import rollout_data
+
+
+def up(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0) -> None:
+    """Run everything on this machine: embedded broker and Redis, a communicator, a controller."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    settings = load_settings(as_json=False)
+
+    async def serve() -> None:
+        async with Stack(settings) as stack:
+            stopped = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, stopped.set)
+            console.print(
+                "[bold green]deployctl is up[/]: broker, Redis, communicator and controller."
+            )
+            console.print(
+                "Point services and the CLI at it (also in the environment of `deployctl`):"
+            )
+            for name, value in stack.environment().items():
+                console.print(f"  export {name}={value}", markup=False)
+            env_file = settings.home / "env"
+            env_file.write_text(
+                "".join(f"export {k}={v}\n" for k, v in stack.environment().items())
+            )
+            console.print(
+                f"(saved in {env_file}: `. {env_file}`) Ctrl-C stops everything.", markup=False
+            )
+            await stopped.wait()
+
+    try:
+        asyncio.run(serve())
+    except (BackendError, ConfigError) as exc:
+        fail(str(exc), code=Exit.BACKEND if isinstance(exc, BackendError) else Exit.USAGE)
+
+
+def demo(
+    healthy: Annotated[
+        bool, typer.Option(help="Roll out a healthy canary: it gets promoted.")
+    ] = False,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """A real canary rollout on a simulated fleet, shown live, with the timeline of why."""
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        rollout = asyncio.run(run_demo(err_console if as_json else console, healthy=healthy))
+    except (BackendError, ConfigError) as exc:
+        fail(str(exc), code=Exit.BACKEND, as_json=as_json)
+    emit(rollout_data(rollout), as_json=as_json, render=lambda: None)
+    expected = Phase.SUCCEEDED if healthy else Phase.ABORTED
+    raise typer.Exit(int(Exit.OK if rollout.phase is expected else Exit.NO))

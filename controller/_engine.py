@@ -1,0 +1,341 @@
+"""The rollout engine: advance one rollout through its playbook's steps, or roll it back.
+
+Each call to :meth:`RolloutEngine.advance` looks at one rollout and does what
+is due now: operator requests, automatic rollback triggers (the communicator
+cut the canary off, an analysis failed, the progress deadline passed), then as
+many steps as can be done without waiting. Every change is recorded with its
+reason and evidence, so ``deployctl rollout history`` can say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+from communicator import Measurements, OutcomeKind
+from controller._analysis import VersionSample, judge
+from controller._playbook import Playbook
+from controller._rollout import Phase, Rollout, RolloutStore
+from strategies import CanaryStrategy
+
+logger = logging.getLogger(__name__)
+
+#: Output kept from an exec step, per stream.
+EXEC_OUTPUT_LIMIT = 4096
+_FAILURES = [kind.value for kind in OutcomeKind if kind is not OutcomeKind.SUCCESS]
+
+
+class RolloutEngine:
+    """Advances rollouts; owned by the leading controller."""
+
+    def __init__(
+        self, *, store: RolloutStore, strategy: CanaryStrategy, measurements: Measurements
+    ) -> None:
+        self._store = store
+        self._strategy = strategy
+        self._measurements = measurements
+        self._execs: dict[str, asyncio.Task[dict[str, Any]]] = {}
+
+    async def advance(self, rollout: Rollout, requests: list[str]) -> None:
+        """Do what is due for ``rollout`` now, and save it."""
+        playbook = Playbook.model_validate(rollout.playbook)
+        now = time.time()
+        if "abort" in requests and rollout.phase.active:
+            await self._abort(rollout, playbook, "aborted by an operator")
+        elif "retry" in requests and not rollout.phase.active:
+            await self._retry(rollout)
+        if not rollout.phase.active:
+            await self._store.save(rollout)
+            return
+        if rollout.phase is Phase.PENDING:
+            await self._start(rollout, playbook, now)
+        if await self._rolled_back(rollout, playbook, now):
+            await self._store.save(rollout)
+            return
+        if "promote_full" in requests:
+            rollout.step = len(playbook.steps)
+            await self._transition(rollout, Phase.PROGRESSING, "fully promoted by an operator")
+        elif "promote" in requests and rollout.phase is Phase.PAUSED:
+            await self._next_step(rollout, now)
+            await self._transition(rollout, Phase.PROGRESSING, "promoted by an operator")
+        if rollout.phase is not Phase.PAUSED:
+            await self._run_steps(rollout, playbook, now)
+        await self._store.save(rollout)
+
+    # -- phases -------------------------------------------------------------------------------
+
+    async def _start(self, rollout: Rollout, playbook: Playbook, now: float) -> None:
+        policy = playbook.rollback.to_invalidation_policy()
+        await self._strategy.protect(rollout.service, rollout.canary, policy)
+        # Until the first step says otherwise, the canary gets nothing, even if it is up already.
+        await self._strategy.set_weight(
+            rollout.service,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            weight=0,
+            sticky=playbook.sticky,
+            reason=f"rollout {rollout.id} starting",
+        )
+        rollout.step_started_at = rollout.progressed_at = now
+        await self._transition(
+            rollout,
+            Phase.PROGRESSING,
+            f"rollout of {rollout.canary} started (stable {rollout.stable}, playbook "
+            f"{playbook.name}); the communicator cuts the canary off at "
+            f"{policy.max_failure_rate:.0%} failures",
+            {"policy": policy.model_dump(mode="json")},
+        )
+
+    async def _rolled_back(self, rollout: Rollout, playbook: Playbook, now: float) -> bool:
+        """Check the automatic rollback triggers; roll back and say True if one fired."""
+        invalid, reason, evidence = await self._strategy.canary_invalid(
+            rollout.service, rollout.canary
+        )
+        if invalid:
+            await self._abort(
+                rollout,
+                playbook,
+                f"the communicator invalidated {rollout.canary}: {reason}",
+                {"invalidation": evidence},
+            )
+            return True
+        deadline = playbook.rollback.progress_deadline
+        if rollout.phase is not Phase.PAUSED and now - rollout.progressed_at > deadline:
+            await self._abort(
+                rollout,
+                playbook,
+                f"no progress for {now - rollout.progressed_at:.0f}s "
+                f"(progress deadline {deadline:g}s)",
+            )
+            return True
+        return False
+
+    async def _abort(
+        self,
+        rollout: Rollout,
+        playbook: Playbook,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        task = self._execs.pop(rollout.id, None)
+        if task is not None:
+            task.cancel()
+        await self._strategy.rollback(
+            rollout.service,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            reason=reason,
+            invalidate=playbook.rollback.invalidate_version,
+            evidence=evidence,
+        )
+        rollout.weight = 0
+        await self._transition(rollout, Phase.ABORTED, f"rolled back: {reason}", evidence)
+
+    async def _retry(self, rollout: Rollout) -> None:
+        invalid, _, _ = await self._strategy.canary_invalid(rollout.service, rollout.canary)
+        if invalid:
+            await self._strategy.reinstate(rollout.service, rollout.canary, "rollout retried")
+        rollout.step, rollout.weight, rollout.step_data = 0, 0, {}
+        rollout.retries += 1
+        await self._transition(rollout, Phase.PENDING, f"retry #{rollout.retries} requested")
+
+    async def _promote(self, rollout: Rollout) -> None:
+        await self._transition(rollout, Phase.PROMOTING, "every step passed; promoting")
+        await self._strategy.promote(rollout.service, canary=rollout.canary)
+        rollout.weight = 100
+        await self._transition(
+            rollout, Phase.SUCCEEDED, f"{rollout.canary} promoted: it gets all traffic now"
+        )
+
+    # -- steps --------------------------------------------------------------------------------
+
+    async def _run_steps(self, rollout: Rollout, playbook: Playbook, now: float) -> None:
+        while rollout.phase.active and rollout.phase is not Phase.PAUSED:
+            if rollout.step >= len(playbook.steps):
+                await self._promote(rollout)
+                return
+            step = playbook.steps[rollout.step]
+            done: bool = await getattr(self, f"_step_{step.kind}")(rollout, playbook, step, now)
+            if not done:
+                return
+            await self._next_step(rollout, now)
+
+    async def _next_step(self, rollout: Rollout, now: float) -> None:
+        rollout.step += 1
+        rollout.step_started_at = rollout.progressed_at = now
+        rollout.step_data = {}
+
+    async def _step_set_weight(
+        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
+    ) -> bool:
+        await self._strategy.set_weight(
+            rollout.service,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            weight=step.weight,
+            sticky=playbook.sticky,
+            reason=f"rollout {rollout.id} step {rollout.step + 1}",
+        )
+        rollout.weight = step.weight
+        await self._transition(rollout, rollout.phase, f"weight set to {step.weight}%")
+        return True
+
+    async def _step_pause(
+        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
+    ) -> bool:
+        if step.duration is None:
+            await self._transition(
+                rollout,
+                Phase.PAUSED,
+                f"paused until promoted: run `deployctl canary promote {rollout.service}`",
+            )
+            return False
+        if not rollout.step_data.get("announced"):
+            rollout.step_data["announced"] = True
+            await self._transition(rollout, rollout.phase, f"pausing {step.duration:g}s")
+        return bool(now - rollout.step_started_at >= step.duration)
+
+    async def _step_analysis(
+        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
+    ) -> bool:
+        criteria = step.criteria
+        data = rollout.step_data
+        if "since" not in data:
+            before_stable = await self._measurements.totals(rollout.service, rollout.stable)
+            before_canary = await self._measurements.totals(rollout.service, rollout.canary)
+            data.update(
+                since=before_canary.at,
+                stable=dict(before_stable.counts),
+                canary=dict(before_canary.counts),
+            )
+            await self._transition(
+                rollout, rollout.phase, f"analysis started: judging the next {criteria.window:g}s"
+            )
+            return False
+        if now - data["since"] < criteria.window:
+            return False
+        canary = await self._sample(rollout, rollout.canary, data["canary"], data["since"])
+        baseline = await self._sample(rollout, rollout.stable, data["stable"], data["since"])
+        verdict = judge(canary, baseline, criteria)
+        record = {"step": rollout.step, "outcome": verdict.outcome, "reasons": verdict.reasons,
+                  "evidence": verdict.evidence}  # fmt: skip
+        rollout.verdicts.append(record)
+        summary = "; ".join(verdict.reasons)
+        if verdict.outcome == "pass":
+            await self._transition(rollout, rollout.phase, f"analysis passed: {summary}", record)
+            return True
+        if verdict.outcome == "fail":
+            await self._abort(rollout, playbook, f"analysis failed: {summary}", record)
+            return False
+        action = playbook.rollback.on_inconclusive
+        if action == "abort":
+            await self._abort(rollout, playbook, f"analysis inconclusive: {summary}", record)
+            return False
+        if action == "pause":
+            await self._transition(
+                rollout,
+                Phase.PAUSED,
+                f"analysis inconclusive: {summary}; promote to go on, or abort",
+                record,
+            )
+            return False
+        await self._transition(
+            rollout, rollout.phase, f"analysis inconclusive, going on: {summary}", record
+        )
+        return True
+
+    async def _sample(
+        self, rollout: Rollout, version: str, before: dict[str, int], since: float
+    ) -> VersionSample:
+        totals = await self._measurements.totals(rollout.service, version)
+        delta = {kind: n - before.get(kind, 0) for kind, n in totals.counts.items()}
+        latencies = await self._measurements.latencies(rollout.service, version, since=since)
+        return VersionSample(
+            version=version,
+            successes=delta.get("success", 0),
+            failures=sum(delta.get(kind, 0) for kind in _FAILURES),
+            latencies=latencies,
+        )
+
+    async def _step_exec(self, rollout: Rollout, playbook: Playbook, step: Any, now: float) -> bool:
+        task = self._execs.get(rollout.id)
+        if task is None:
+            variables = self._variables(rollout, playbook)
+            command = step.render(variables)
+            task = asyncio.create_task(
+                _run(command, step.timeout, step.render_env(variables)), name=f"exec-{rollout.id}"
+            )
+            self._execs[rollout.id] = task
+            await self._transition(rollout, rollout.phase, f"running {' '.join(command)}")
+            return False
+        if not task.done():
+            return False
+        del self._execs[rollout.id]
+        result = task.result()
+        if result["returncode"] != 0:
+            await self._abort(rollout, playbook, f"exec failed: {result['error']}", result)
+            return False
+        await self._transition(rollout, rollout.phase, "exec succeeded", result)
+        return True
+
+    async def _step_mirror(
+        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
+    ) -> bool:
+        await self._transition(
+            rollout, rollout.phase, "mirror step skipped: shadow traffic is not available yet"
+        )
+        return True
+
+    @staticmethod
+    def _variables(rollout: Rollout, playbook: Playbook) -> dict[str, str]:
+        return {
+            **playbook.variables,
+            "service": rollout.service,
+            "version": rollout.canary,
+            "stable": rollout.stable,
+            "weight": str(rollout.weight),
+            "rollout": rollout.id,
+        }
+
+    async def _transition(
+        self, rollout: Rollout, phase: Phase, reason: str, evidence: dict[str, Any] | None = None
+    ) -> None:
+        rollout.phase = phase
+        rollout.reason = reason
+        await self._store.record(rollout, reason, evidence)
+        logger.info("%s %s: %s: %s", rollout.service, rollout.canary, phase, reason)
+
+
+async def _run(command: list[str], timeout: float, env: dict[str, str]) -> dict[str, Any]:
+    """Run an exec step's command (no shell) with a timeout; keep the tail of its output."""
+    started = time.monotonic()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **env},
+        )
+    except OSError as exc:
+        return {"returncode": -1, "error": f"cannot start {command[0]}: {exc}", "command": command}
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            await process.wait()
+        return {"returncode": -1, "error": f"timed out after {timeout:g}s", "command": command}
+    result: dict[str, Any] = {
+        "command": command,
+        "returncode": process.returncode,
+        "seconds": round(time.monotonic() - started, 3),
+        "stdout": stdout[-EXEC_OUTPUT_LIMIT:].decode(errors="replace"),
+        "stderr": stderr[-EXEC_OUTPUT_LIMIT:].decode(errors="replace"),
+    }
+    if process.returncode != 0:
+        result["error"] = f"{command[0]} exited with {process.returncode}"
+    return result

@@ -1,0 +1,184 @@
+"""A rollout's state, its transitions, and where both are kept in Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from communicator import DeployctlError
+from controller._keys import ControllerKeys
+
+HISTORY_LENGTH = 10_000
+
+
+class Phase(StrEnum):
+    """Where a rollout is (Argo Rollouts' phases, plus ours)."""
+
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    ABORTED = "Aborted"  # rolled back
+    FAILED = "Failed"  # could not go on, nor roll back by itself
+
+    @property
+    def active(self) -> bool:
+        """Whether the controller still has work to do on it."""
+        return self in (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING)
+
+
+class Transition(BaseModel):
+    """One change of a rollout, with why it happened and the evidence."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: float
+    phase: Phase
+    step: int
+    weight: int
+    reason: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class Rollout(BaseModel):
+    """One rollout of a new version of a service; the controller advances it step by step."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str
+    service: str
+    stable: str
+    canary: str
+    playbook: dict[str, Any]  # the Playbook, as JSON, frozen at start
+    phase: Phase = Phase.PENDING
+    step: int = 0  # index of the current step; len(steps) once all are done
+    weight: int = 0
+    reason: str = "created"
+    created_at: float = Field(default_factory=time.time)
+    step_started_at: float = Field(default_factory=time.time)
+    progressed_at: float = Field(default_factory=time.time)
+    step_data: dict[str, Any] = Field(default_factory=dict)  # per-step scratch (analysis baselines)
+    verdicts: list[dict[str, Any]] = Field(default_factory=list)
+    retries: int = 0
+
+
+class RolloutError(DeployctlError):
+    """A rollout request cannot be carried out; the message says why and what to do."""
+
+
+def _refuse_if_active(raw: bytes | str | None, service: str) -> None:
+    if raw is None:
+        return
+    current = Rollout.model_validate_json(raw)
+    if current.phase.active:
+        raise RolloutError(
+            f"{service} already has an active rollout of {current.canary} ({current.phase}); "
+            f"run `deployctl canary abort {service}` first, or wait for it to end"
+        )
+
+
+class RolloutStore:
+    """Rollouts, their history and operator requests in Redis."""
+
+    def __init__(self, *, redis: Redis, keys: ControllerKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def get(self, service: str) -> Rollout | None:
+        """The service's current (or last) rollout."""
+        raw = await self._redis.get(self._keys.rollout(service))
+        return None if raw is None else Rollout.model_validate_json(raw)
+
+    async def all(self) -> list[Rollout]:
+        """Every service's current (or last) rollout."""
+        services = sorted(
+            s.decode() if isinstance(s, bytes) else s
+            for s in await self._redis.smembers(self._keys.rollouts())
+        )
+        found = [await self.get(service) for service in services]
+        return [rollout for rollout in found if rollout is not None]
+
+    async def create(self, rollout: Rollout) -> None:
+        """Record a new rollout, unless one is active for the service.
+
+        Raises:
+            RolloutError: A rollout of the service is still active.
+        """
+        key = self._keys.rollout(rollout.service)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    _refuse_if_active(await pipe.get(key), rollout.service)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, rollout.model_dump_json())
+                    pipe.sadd(self._keys.rollouts(), rollout.service)
+                    await pipe.execute()
+                    break
+                except WatchError:  # written meanwhile: look again
+                    continue
+        await self.record(rollout, rollout.reason)
+
+    async def save(self, rollout: Rollout) -> None:
+        """Write the rollout's current state (the leader does, after each advance)."""
+        await self._redis.set(self._keys.rollout(rollout.service), rollout.model_dump_json())
+
+    async def record(
+        self, rollout: Rollout, reason: str, evidence: dict[str, Any] | None = None
+    ) -> Transition:
+        """Append a transition to the service's history and announce it."""
+        transition = Transition(
+            at=time.time(),
+            phase=rollout.phase,
+            step=rollout.step,
+            weight=rollout.weight,
+            reason=reason,
+            evidence=evidence or {},
+        )
+        payload = transition.model_dump_json()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._keys.history(rollout.service), {"t": payload}, maxlen=HISTORY_LENGTH)
+            pipe.publish(
+                self._keys.events(),
+                json.dumps(
+                    {"service": rollout.service, "rollout": rollout.id, **json.loads(payload)}
+                ),
+            )
+            await pipe.execute()
+        return transition
+
+    async def history(self, service: str, count: int = 1000) -> list[Transition]:
+        """The service's transitions, oldest first."""
+        entries = await self._redis.xrevrange(self._keys.history(service), count=count)
+        found = []
+        for _, fields in reversed(entries or []):
+            raw = (fields or {}).get(b"t") or (fields or {}).get("t")
+            if raw is not None:
+                found.append(Transition.model_validate_json(raw))
+        return found
+
+    async def request(self, service: str, action: str) -> None:
+        """Queue an operator request (promote, promote_full, abort) and wake the leader."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(self._keys.requests(service), action)
+            pipe.publish(self._keys.wakeup(), service)
+            await pipe.execute()
+
+    async def take_requests(self, service: str) -> list[str]:
+        """Pop every waiting request of the service."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self._keys.requests(service), 0, -1)
+            pipe.delete(self._keys.requests(service))
+            raw, _ = await pipe.execute()
+        return [r.decode() if isinstance(r, bytes) else r for r in raw]
+
+    async def wake(self, service: str) -> None:
+        """Ask the leader to look at the service's rollout now."""
+        await self._redis.publish(self._keys.wakeup(), service)

@@ -1,0 +1,86 @@
+"""The canary strategy: turn "send N % to the new version" into route plans and policies.
+
+It writes data the communicator applies (route plans, invalidation policies);
+the rollout engine in ``controller`` decides when.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from communicator import InvalidationPolicy, PlanStore, Pool, Registry, RoutePlan
+
+logger = logging.getLogger(__name__)
+
+
+class CanaryStrategy:
+    """Weights between a stable and a canary version of one service."""
+
+    kind = "canary"
+
+    def __init__(self, *, plans: PlanStore, registry: Registry) -> None:
+        self._plans = plans
+        self._registry = registry
+
+    async def set_weight(
+        self,
+        service: str,
+        *,
+        stable: str,
+        canary: str,
+        weight: int,
+        sticky: str | None = None,
+        reason: str = "",
+    ) -> RoutePlan:
+        """Send ``weight`` % of the service's traffic to ``canary``, the rest to ``stable``."""
+        if not 0 <= weight <= 100:
+            raise ValueError(f"weight {weight} is not a percentage (0-100)")
+        current = await self._plans.get(service)
+        pools = [Pool(version=stable, weight=100 - weight), Pool(version=canary, weight=weight)]
+        if stable == canary:
+            pools = [Pool(version=canary, weight=100)]
+        plan = RoutePlan(
+            pools=pools,
+            sticky=sticky,
+            mirrors=current.mirrors if current else [],
+            revision=(current.revision + 1) if current else 1,
+            reason=reason or f"canary {canary} at {weight}%",
+        )
+        await self._plans.set(service, plan)
+        logger.info("%s: %s at %d%% (stable %s)", service, canary, weight, stable)
+        return plan
+
+    async def protect(self, service: str, canary: str, policy: InvalidationPolicy) -> None:
+        """Make the communicator cut ``canary`` off by itself when it crosses ``policy``."""
+        await self._registry.set_policy(service, policy, version=canary)
+
+    async def promote(self, service: str, *, canary: str, reason: str = "") -> RoutePlan:
+        """All traffic to ``canary``: it becomes the stable version."""
+        return await self.set_weight(
+            service, stable=canary, canary=canary, weight=100, reason=reason or "promoted"
+        )
+
+    async def rollback(
+        self,
+        service: str,
+        *,
+        stable: str,
+        canary: str,
+        reason: str,
+        invalidate: bool,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        """Weight 0 for ``canary`` at once; mark it invalid too when asked (and not already)."""
+        await self.set_weight(service, stable=stable, canary=canary, weight=0, reason=reason)
+        if invalidate and await self._registry.is_valid(service, canary):
+            await self._registry.invalidate(service, canary, reason, evidence)
+
+    async def reinstate(self, service: str, canary: str, reason: str) -> None:
+        """Make ``canary`` valid again (a retried rollout)."""
+        await self._registry.reinstate(service, canary, reason)
+
+    async def canary_invalid(self, service: str, canary: str) -> tuple[bool, str, Any]:
+        """Whether the communicator has cut ``canary`` off, with its reason and evidence."""
+        state = await self._registry.version_state(service, canary)
+        return (not state.valid, state.reason, state.evidence)
