@@ -46,7 +46,8 @@ def resolve_playbook(name_or_file: str | None, weight: int | None) -> Playbook:
     path = Path(name)
     if not path.exists():
         raise DefinitionError(
-            f"no playbook file or shipped playbook named {name!r}; shipped: {', '.join(sorted(shipped))}"
+            f"no playbook file or shipped playbook named {name!r}; "
+            f"shipped: {', '.join(sorted(shipped))}"
         )
     return load_playbook(path)
 
@@ -106,14 +107,13 @@ async def wait_for_end(
                 not warned
                 and rollout.phase is Phase.PENDING
                 and time.time() - rollout.created_at > 3
+            ) and not await access.redis.exists(
+                ControllerKeys(access.settings.key_prefix).leader()
             ):
-                if not await access.redis.exists(
-                    ControllerKeys(access.settings.key_prefix).leader()
-                ):
-                    err_console.print(
-                        "[yellow]no controller is running: start `deployctl controller run`[/]"
-                    )
-                    warned = True
+                err_console.print(
+                    "[yellow]no controller is running: start `deployctl controller run`[/]"
+                )
+                warned = True
             await asyncio.sleep(0.25)
 
 
@@ -187,8 +187,11 @@ def start(
         return rollout, _exit_for(rollout) if wait else Exit.OK
 
     rollout, code = with_registry(action, as_json=as_json)
-    emit(rollout_data(rollout), as_json=as_json, render=lambda: console.print(
-        f"{rollout.service}: {rollout.phase} ({rollout.reason})"))  # fmt: skip
+    emit(
+        rollout_data(rollout),
+        as_json=as_json,
+        render=lambda: console.print(f"{rollout.service}: {rollout.phase} ({rollout.reason})"),
+    )
     raise typer.Exit(int(code))
 
 
@@ -234,7 +237,7 @@ def _request(service: str, action_name: str, as_json: bool) -> None:
             )
         if action_name == "retry" and rollout.phase.active:
             fail(
-                f"the rollout of {service} is still {rollout.phase}; only an ended one can be retried",
+                f"the rollout of {service} is still {rollout.phase}; only ended ones are retried",
                 code=Exit.NO,
                 as_json=as_json,
             )
@@ -248,8 +251,11 @@ def _request(service: str, action_name: str, as_json: bool) -> None:
         return rollout
 
     rollout = with_registry(action, as_json=as_json)
-    emit({"service": service, "requested": action_name, "rollout": rollout.id}, as_json=as_json,
-         render=lambda: console.print(f"{action_name} requested for {service} ({rollout.phase})"))  # fmt: skip
+    emit(
+        {"service": service, "requested": action_name, "rollout": rollout.id},
+        as_json=as_json,
+        render=lambda: console.print(f"{action_name} requested for {service} ({rollout.phase})"),
+    )
 
 
 @app.command("promote")

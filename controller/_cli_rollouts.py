@@ -37,8 +37,15 @@ def list_rollouts(as_json: bool = JSON_OPTION) -> None:
         table = Table("service", "stable", "canary", "phase", "step", "weight", "reason", box=None)
         for r in rollouts:
             steps = len(r.playbook.get("steps", []))
-            table.add_row(r.service, r.stable, r.canary, Text(str(r.phase), style=PHASE_STYLE[r.phase]),
-                          f"{min(r.step + 1, steps)}/{steps}", f"{r.weight}%", r.reason)  # fmt: skip
+            table.add_row(
+                r.service,
+                r.stable,
+                r.canary,
+                Text(str(r.phase), style=PHASE_STYLE[r.phase]),
+                f"{min(r.step + 1, steps)}/{steps}",
+                f"{r.weight}%",
+                r.reason,
+            )
         console.print(
             table if rollouts else "no rollouts yet: `deployctl canary start SVC --version VER`"
         )
@@ -55,12 +62,15 @@ def history(
     transitions = with_registry(lambda access: _store(access).history(service), as_json=as_json)
     if not transitions:
         fail(f"no rollout history for {service}", code=Exit.NO, as_json=as_json)
-    emit([t.model_dump(mode="json") for t in transitions], as_json=as_json,
-         render=lambda: console.print(timeline(transitions)))  # fmt: skip
+    emit(
+        [t.model_dump(mode="json") for t in transitions],
+        as_json=as_json,
+        render=lambda: console.print(timeline(transitions)),
+    )
 
 
 def status(as_json: bool = JSON_OPTION) -> None:
-    """Rollouts, services and versions at a glance; exit 0 only if no rollout failed or is running."""
+    """Rollouts, services and versions at a glance; exit 0 unless a rollout failed or runs."""
 
     async def action(access: RegistryAccess) -> dict[str, Any]:
         rollouts = await _store(access).all()
@@ -68,11 +78,13 @@ def status(as_json: bool = JSON_OPTION) -> None:
         for service in await access.registry.services():
             versions = await access.registry.versions(service)
             instances = await access.registry.instances(service)
-            services.append({
-                "service": service,
-                "instances": len(instances),
-                "versions": {v.version: str(v.state.state) for v in versions},
-            })  # fmt: skip
+            services.append(
+                {
+                    "service": service,
+                    "instances": len(instances),
+                    "versions": {v.version: str(v.state.state) for v in versions},
+                }
+            )
         leader = await access.redis.get(ControllerKeys(access.settings.key_prefix).leader())
         return {
             "controller": leader.decode() if isinstance(leader, bytes) else leader,
@@ -87,8 +99,14 @@ def status(as_json: bool = JSON_OPTION) -> None:
         table = Table("service", "stable", "canary", "phase", "weight", "reason", box=None)
         for r in data["rollouts"]:
             phase = Phase(r["phase"])
-            table.add_row(r["service"], r["stable"], r["canary"], Text(str(phase), style=PHASE_STYLE[phase]),
-                          f"{r['weight']}%", r["reason"])  # fmt: skip
+            table.add_row(
+                r["service"],
+                r["stable"],
+                r["canary"],
+                Text(str(phase), style=PHASE_STYLE[phase]),
+                f"{r['weight']}%",
+                r["reason"],
+            )
         console.print(table)
         services = Table("service", "instances", "versions", box=None)
         for s in data["services"]:
@@ -109,8 +127,10 @@ def run_controller(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
 ) -> None:
     """Run a controller: it leads (advancing every rollout) or stands by for the leader."""
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     settings = load_settings(as_json=False)
 
     async def serve() -> None:

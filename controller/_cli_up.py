@@ -21,8 +21,10 @@ from controller._views import rollout_data
 
 def up(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0) -> None:
     """Run everything on this machine: embedded broker and Redis, a communicator, a controller."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     settings = load_settings(as_json=False)
 
     async def serve() -> None:

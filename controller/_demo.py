@@ -19,10 +19,9 @@ import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.live import Live
-
-from redis.asyncio import Redis
 
 from communicator import Client, ClientError, Keys, Measurements, Message, RouterConfig, Settings
 from controller._keys import ControllerKeys
@@ -57,8 +56,11 @@ async def _traffic(front: Client, stop: asyncio.Event) -> None:
     """Requests at about RATE per second, each in its own task so a slow one blocks nothing."""
     pending: set[asyncio.Task[Message]] = set()
     while not stop.is_set():
-        task = asyncio.create_task(front.request(Message(command="ORDER", service=SERVICE,
-                                                         parameters={"item": "book"}), timeout=2))  # fmt: skip
+        task = asyncio.create_task(
+            front.request(
+                Message(command="ORDER", service=SERVICE, parameters={"item": "book"}), timeout=2
+            )
+        )
         pending.add(task)
         task.add_done_callback(pending.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures are the point
@@ -79,8 +81,16 @@ async def run_demo(console: Console, *, healthy: bool, settings: Settings | None
         assert stack.redis is not None
         failure_rate = 0.0 if healthy else 1 / 3
         for n in range(3):
-            await fleet.enter_async_context(Client(SERVICE, STABLE, settings=s, server=f"web_{n}",
-                concurrency=16, handlers={"ORDER": lambda m: _serve(m, failure_rate=0.0)}))  # fmt: skip
+            await fleet.enter_async_context(
+                Client(
+                    SERVICE,
+                    STABLE,
+                    settings=s,
+                    server=f"web_{n}",
+                    concurrency=16,
+                    handlers={"ORDER": lambda m: _serve(m, failure_rate=0.0)},
+                )
+            )
         front = await fleet.enter_async_context(Client("front", "1.0", settings=s, server="edge"))
         console.print(
             f"fleet: 3 x {SERVICE} {STABLE} serving a front end at {RATE:.0f} req/s; "
@@ -92,8 +102,16 @@ async def run_demo(console: Console, *, healthy: bool, settings: Settings | None
             await asyncio.sleep(1.0)  # the stable version serves alone for a moment
             rollout = await _start(stack.redis, s)
             # As a site would: start the rollout, then deploy the new version's instance.
-            await fleet.enter_async_context(Client(SERVICE, CANARY, settings=s, server="canary_1",
-                concurrency=16, handlers={"ORDER": lambda m: _serve(m, failure_rate=failure_rate)}))  # fmt: skip
+            await fleet.enter_async_context(
+                Client(
+                    SERVICE,
+                    CANARY,
+                    settings=s,
+                    server="canary_1",
+                    concurrency=16,
+                    handlers={"ORDER": lambda m: _serve(m, failure_rate=failure_rate)},
+                )
+            )
             return await _follow(console, stack.redis, s, rollout)
         finally:
             stop.set()

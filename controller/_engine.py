@@ -221,8 +221,12 @@ class RolloutEngine:
         canary = await self._sample(rollout, rollout.canary, data["canary"], data["since"])
         baseline = await self._sample(rollout, rollout.stable, data["stable"], data["since"])
         verdict = judge(canary, baseline, criteria)
-        record = {"step": rollout.step, "outcome": verdict.outcome, "reasons": verdict.reasons,
-                  "evidence": verdict.evidence}  # fmt: skip
+        record = {
+            "step": rollout.step,
+            "outcome": verdict.outcome,
+            "reasons": verdict.reasons,
+            "evidence": verdict.evidence,
+        }
         rollout.verdicts.append(record)
         summary = "; ".join(verdict.reasons)
         if verdict.outcome == "pass":

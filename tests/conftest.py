@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from communicator import Settings
+
 LOCAL_REDIS = ("127.0.0.1", 6379)
 LOCAL_MQTT = ("127.0.0.1", 1883)
 READY_TIMEOUT = 10.0
@@ -280,3 +282,15 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def settings(redis_url: str, mqtt_url: str, key_prefix: str, topic_prefix: str) -> Settings:
+    """Settings pointing at the session's servers, in this test's own namespace."""
+    return Settings(
+        redis_url=redis_url,
+        mqtt_url=mqtt_url,
+        key_prefix=key_prefix,
+        topic_prefix=topic_prefix,
+        server_name="router_host",
+    )

@@ -24,17 +24,6 @@ def service_definitions() -> dict[str, ServiceDefinition]:
 
 
 @pytest.fixture
-def settings(redis_url: str, mqtt_url: str, key_prefix: str, topic_prefix: str) -> Settings:
-    return Settings(
-        redis_url=redis_url,
-        mqtt_url=mqtt_url,
-        key_prefix=key_prefix,
-        topic_prefix=topic_prefix,
-        server_name="router_host",
-    )
-
-
-@pytest.fixture
 async def router(
     settings: Settings, redis: Redis, service_definitions: dict[str, Any]
 ) -> AsyncIterator[Router]:

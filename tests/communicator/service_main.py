@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sys
 import time
 
@@ -37,13 +38,16 @@ async def main() -> None:
     parser.add_argument("--password")
     parser.add_argument("--client-id")
     parser.add_argument("--behaviour", choices=["reply", "error", "silent"], default="reply")
+    parser.add_argument(
+        "--fail-rate", type=float, default=0.0, help="share of requests answered ERROR"
+    )
     args = parser.parse_args()
 
     async def handle(message: Message) -> Message | None:
         say("received", message=message.model_dump(), at=time.time())
         if args.behaviour == "silent" or message.command in INFORMATION:
             return None
-        if args.behaviour == "error":
+        if args.behaviour == "error" or random.random() < args.fail_rate:
             return message.reply("ERROR", reason="failing on purpose")
         return message.reply("DONE", by=args.version)
 
@@ -58,6 +62,7 @@ async def main() -> None:
         password=args.password,
         client_id=args.client_id,
         register_timeout=5,
+        concurrency=8,
     )
     try:
         await client.__aenter__()
@@ -65,6 +70,8 @@ async def main() -> None:
         say("refused", reason=exc.reason, retry_after=exc.retry_after)
         return
     say("ready", client_id=client.client_id)
+    tally = {"sent": 0, "ok": 0, "failed": 0}
+    load: asyncio.Task[None] | None = None
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
@@ -87,6 +94,12 @@ async def main() -> None:
             for seq in range(order["count"]):
                 await client.send(parse_line(f"{order['burst']}{glue}seq={seq}"))
             say("sent")
+        elif "load" in order:  # {"load": "svc/CMD", "rate": n}: requests until stop_load
+            load = asyncio.create_task(generate_load(client, order["load"], order["rate"], tally))
+        elif "stop_load" in order:
+            if load is not None:
+                load.cancel()
+            say("load_stopped", **tally)
         elif "fail" in order:
             await client.report_failure(order["fail"])
             say("sent")
@@ -96,6 +109,29 @@ async def main() -> None:
             break
     await client.__aexit__(None, None, None)
     say("bye")
+
+
+async def generate_load(client: Client, line: str, rate: float, tally: dict[str, int]) -> None:
+    """Requests at ``rate`` per second, each in its own task; counts what comes back."""
+
+    async def one() -> None:
+        try:
+            await client.request(parse_line(line), timeout=2)
+            tally["ok"] += 1
+        except ClientError:
+            tally["failed"] += 1
+
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            tally["sent"] += 1
+            task = asyncio.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            await asyncio.sleep(1 / rate)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,5 @@
+"""``python -m controller`` is ``deployctl``."""
+
+from controller._cli import main
+
+main()
