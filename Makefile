@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint format bench docs clean
+.PHONY: setup test lint format bench demo docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "deployctl needs Python >= 3.11")'
@@ -26,6 +26,9 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+demo: setup
+	$(BIN)/deployctl demo
 
 bench: setup
 	$(BIN)/python -m bench

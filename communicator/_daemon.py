@@ -105,6 +105,3 @@ def run() -> None:
     """Console-script entry point of ``communicatord``."""
     typer.run(main)
 
-
-if __name__ == "__main__":
-    run()

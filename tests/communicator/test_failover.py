@@ -47,7 +47,7 @@ async def communicators(
     """Two communicatord processes sharing the partitions."""
     processes = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "communicator._daemon", env=environment(settings), cwd=ROOT
+            sys.executable, "-m", "communicator", env=environment(settings), cwd=ROOT
         )
         for _ in range(2)
     ]

@@ -94,7 +94,7 @@ async def wait_for(
 @pytest.fixture
 async def daemons(settings: Settings, redis: Redis) -> AsyncIterator[Daemons]:
     daemons = Daemons(settings)
-    await daemons.start("-m", "communicator._daemon")
+    await daemons.start("-m", "communicator")
     await daemons.start("-m", "controller", "controller", "run")
     keys, controller_keys = Keys(settings.key_prefix), ControllerKeys(settings.key_prefix)
 

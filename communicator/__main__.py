@@ -1,0 +1,5 @@
+"""``python -m communicator`` is ``communicatord``."""
+
+from communicator._daemon import run
+
+run()
