@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from communicator import decode, encode, parse_line  # noqa: E402
+from communicator import decode, encode, parse_line
 
 LINE = "<web_01:front orders/PLACE item=book;qty=2;user=alice;message_id=front1.42;note=gift wrap"
 QUOTED = r'<web_01:front orders/PLACE item=book;note="a;b";text=line\none;message_id=front1.43'

@@ -5,9 +5,13 @@ Also keeps the router's directory in step with the registry in Redis.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
 
 from communicator._directory import Instance
 from communicator._message import Message
@@ -30,6 +34,8 @@ COMMUNICATOR_COMMANDS = (
     "REGISTER",
     "UNREGISTER",
 )
+#: Seconds a will waits before it counts as a failure (see Control._record_disconnect).
+WILL_GRACE = 2.0
 NOT_REGISTERED = "not registered: send REGISTER service=...;version=... first"
 _FAILURE_KINDS = {"failure", "error_reply", "timeout", "crash"}
 
@@ -52,6 +58,7 @@ class Control:
 
     def __init__(self, router: Router) -> None:
         self._router = router
+        self._pending: set[asyncio.Task[None]] = set()
 
     # -- directory ----------------------------------------------------------------------------
 
@@ -83,9 +90,39 @@ class Control:
         if deliver:
             await router.deliver_cached(service)
 
-    async def announce(self, service: str) -> None:
-        """Tell every communicator that ``service`` changed."""
-        await self._router.redis.publish(self._router.keys.changes(), service)
+    async def announce(
+        self, service: str, *, added: InstanceInfo | None = None, removed: str | None = None
+    ) -> None:
+        """Tell every communicator that ``service`` changed.
+
+        With the instance that came (``added``) or the client id that left
+        (``removed``), peers update their directory without reading Redis;
+        otherwise they re-read the whole service.
+        """
+        change: dict[str, object] = {"service": service, "router": self._router.router_id}
+        if added is not None:
+            change["added"] = added.model_dump(mode="json")
+        if removed is not None:
+            change["removed"] = removed
+        await self._router.redis.publish(self._router.keys.changes(), json.dumps(change))
+
+    async def apply(self, raw: str) -> None:
+        """Apply an announcement: incremental from a peer, or a full re-read of the service."""
+        router = self._router
+        if not raw.startswith("{"):  # a plain service name, from a strategy's plan change
+            await self.refresh(raw)
+            return
+        change = json.loads(raw)
+        service = change["service"]
+        if change.get("router") == router.router_id:
+            return  # our own change: the directory has it already
+        if "added" in change:
+            router.directory.add(_instance(InstanceInfo.model_validate(change["added"])))
+            await router.deliver_cached(service)
+        elif "removed" in change:
+            router.directory.remove(change["removed"])
+        else:
+            await self.refresh(service)
 
     # -- outcomes -----------------------------------------------------------------------------
 
@@ -105,8 +142,6 @@ class Control:
         )
         if not result.valid:
             self._router.directory.set_invalid(service, version, True)
-        if result.invalidated:
-            logger.warning("version %s of %s invalidated: %s", version, service, result.reason)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -183,7 +218,8 @@ class Control:
             time=f"{time.time():.6f}",
         )
         await self._status(info, "up")
-        await self.announce(service)
+        await self.announce(service, added=info)
+        await router.deliver_cached(service)
 
     async def _on_unregister(self, client_id: str, message: Message) -> None:
         await self._leave(client_id, failure=False)
@@ -203,16 +239,40 @@ class Control:
         server = instance.server if instance else info.server  # type: ignore[union-attr]
         await router.registry.unregister_instance(service, name)
         if failure:
+            task = asyncio.create_task(
+                self._record_disconnect(service, version, name, server, router.connections),
+                name=f"disconnect-{client_id}",
+            )
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        await self._status_for(service, server, version, "down")
+        await self.announce(service, removed=client_id)
+
+    async def _record_disconnect(
+        self, service: str, version: str, instance: str, server: str, connection: int
+    ) -> None:
+        """Count a will as a failure, unless the broker itself was going away.
+
+        Mosquitto publishes every client's will when it shuts down; if our own
+        connection drops within the grace period, the wills were the broker's
+        restart, not the instances' deaths, and counting them could invalidate
+        every version at once.
+        """
+        await asyncio.sleep(WILL_GRACE)
+        if self._router.connections != connection or not self._router.connected:
+            logger.info("will of %s %s ignored: the broker restarted", service, instance)
+            return
+        try:
             await self.record(
                 service,
                 version,
                 "disconnect",
                 reason="died without UNREGISTER",
-                instance=name,
+                instance=instance,
                 server=server,
             )
-        await self._status_for(service, server, version, "down")
-        await self.announce(service)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not record the disconnect of %s %s: %s", service, instance, exc)
 
     async def _registered_sender(self, client_id: str, message: Message) -> Instance | None:
         """The sender's instance; ``None`` (after telling it so) when it has not registered."""
@@ -242,7 +302,8 @@ class Control:
         await router.registry.register_instance(info)
         await router.registry.set_commands(sender.service, commands)
         router.directory.add(_instance(info))
-        await self.announce(sender.service)
+        await self.announce(sender.service, added=info)
+        await router.deliver_cached(sender.service)
 
     async def _on_failure(self, client_id: str, message: Message) -> None:
         sender = await self._registered_sender(client_id, message)

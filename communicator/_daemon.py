@@ -104,4 +104,3 @@ def main(
 def run() -> None:
     """Console-script entry point of ``communicatord``."""
     typer.run(main)
-

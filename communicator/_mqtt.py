@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import ssl
 import time
 import uuid
@@ -94,6 +95,8 @@ def mqtt_client(
         "identifier": client_id,
         "will": will,
         "protocol": ProtocolVersion.V311,
+        # Nagle's algorithm with delayed ACKs stalls small request/reply messages ~40 ms.
+        "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     }
     if address.tls:
         insecure = settings.mqtt_tls_insecure

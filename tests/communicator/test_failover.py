@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from communicator import Settings
+from communicator import Registry, Settings
+from communicator._control import WILL_GRACE
 from communicator._keys import Keys
 from communicator._partitions import partition_of
 from tests.communicator.fleet import ROOT, ServiceProcess, environment, running_router
@@ -160,5 +161,10 @@ async def test_clients_and_router_survive_a_broker_restart(
                 if answer["event"] == "reply":
                     break
             assert outcomes[-1] == "reply", outcomes[:3]
+            # Mosquitto sent every client's will as it stopped: that is no failure of theirs.
+            await asyncio.sleep(WILL_GRACE + 0.5)
+            assert (
+                await Registry(redis=redis, keys=Keys(settings.key_prefix)).failures("orders") == []
+            )
         finally:
             await asyncio.gather(*(p.close() for p in started))

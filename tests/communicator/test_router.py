@@ -20,6 +20,7 @@ from communicator import (
     RouterConfig,
     Settings,
 )
+from communicator._control import WILL_GRACE
 from tests.communicator.conftest import CACHE_SIZE, Start
 from tests.communicator.fleet import ServiceProcess, running_router
 
@@ -161,6 +162,11 @@ async def test_killed_service_is_recorded_as_a_failure(start: Start, router: Rou
         ),
     )
     assert down["message"]["parameters"]["version"] == "3.1"
+    assert await router.registry.instances("victim") == []
+    deadline = time.monotonic() + WILL_GRACE + 5
+    while not await router.registry.failures("victim"):  # counted after the will's grace
+        assert time.monotonic() < deadline, "the disconnect was never recorded"
+        await asyncio.sleep(0.1)
     [failure] = await router.registry.failures("victim")
     assert failure.kind == "disconnect"
     assert failure.version == "3.1"
