@@ -20,7 +20,8 @@ from communicator import Keys, PlanStore, Registry, Settings
 from controller._keys import ControllerKeys
 from tests.communicator.fleet import ROOT, ServiceProcess, environment
 
-pytestmark = pytest.mark.integration
+# Several processes per test on 2 cores: allow more than the default 60 s.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 Deployctl = Callable[..., Awaitable[tuple[int, Any, str]]]
 
@@ -74,11 +75,16 @@ class Daemons:
         return process
 
     async def stop(self) -> None:
+        """SIGTERM (a clean hand-over), then SIGKILL for whatever lingers past 10 s."""
         for process in self.processes:
             if process.returncode is None:
                 process.terminate()
         for process in self.processes:
-            await process.wait()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 async def wait_for(
