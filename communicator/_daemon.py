@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import uvloop
 
 from communicator._definitions import MessageDefinitions
 from communicator._errors import DeployctlError
@@ -93,6 +94,8 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        # uvloop: about 20 % more messages per CPU second through paho (FACTS.md).
+        uvloop.install()
         asyncio.run(serve(Settings(), definitions=definitions, services=services, strict=strict))
     except DeployctlError as exc:
         print(f"communicatord: {exc}", file=sys.stderr)

@@ -175,11 +175,16 @@ class Router:
                 async with client:
                     self._client = client
                     self.connections += 1
-                    await client.subscribe(self.topics.inbound_all(), qos=1)
+                    await client.subscribe(self.topics.inbound_all(), qos=0)
                     attempt = 0
                     logger.info("router %s connected to the broker", self.router_id)
+                    paho = client._client
                     async for message in client.messages:
                         await self._on_mqtt(message)
+                        # While messages keep coming, the loop never yields and paho's
+                        # writer callback never runs: flush what we queued ourselves.
+                        if paho.want_write():
+                            paho.loop_write()
             except aiomqtt.MqttError as exc:
                 self._client = None
                 attempt += 1
