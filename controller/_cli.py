@@ -9,6 +9,7 @@ import typer
 
 from communicator import __version__, communicatord
 from controller import (
+    _cli_alerts,
     _cli_broker,
     _cli_canary,
     _cli_messages,
@@ -45,6 +46,7 @@ app.command("status")(_cli_rollouts.status)
 app.add_typer(_cli_rollouts.controller_app, name="controller")
 app.command("up")(_cli_up.up)
 app.command("demo")(_cli_up.demo)
+app.add_typer(_cli_alerts.alerts_app, name="alerts")
 
 
 def _show_version(value: bool) -> None:

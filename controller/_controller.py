@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from communicator import Keys, Measurements, PlanStore, Registry, Settings
+from controller._alerts import StatusFlagRaiser
 from controller._engine import RolloutEngine
 from controller._keys import ControllerKeys
 from controller._rollout import RolloutStore
@@ -67,6 +68,7 @@ class Controller:
             ),
             measurements=Measurements(redis=redis, keys=communicator_keys),
         )
+        self.alerts = StatusFlagRaiser(redis=redis, key_prefix=settings.key_prefix)
         self._tick = tick
         self._ttl_ms = int(lease_ttl * 1000)
         self._renew = redis.register_script(_RENEW)
@@ -103,9 +105,11 @@ class Controller:
             async with asyncio.TaskGroup() as tasks:
                 listener = tasks.create_task(self._listen(), name="controller-listen")
                 advancer = tasks.create_task(self._advance_loop(), name="controller-advance")
+                # Only the leader raises status flags, or each would be counted twice.
+                alerts = tasks.create_task(self.alerts.run(), name="controller-status-flags")
                 await self._keep_leading()
-                listener.cancel()
-                advancer.cancel()
+                for task in (listener, advancer, alerts):
+                    task.cancel()
         finally:
             self.leading.clear()
 

@@ -225,6 +225,21 @@ async def test_failing_canary_is_rolled_back_with_its_reason(
     code, _, _ = await deployctl("status", "--json")
     assert code == 1  # an aborted rollout: status is not OK
 
+    async def alerts() -> set[str]:
+        _, data, _ = await deployctl("alerts", "--json")
+        return {flag["id"] for flag in data["flags"]}
+
+    await wait_for(
+        lambda: _contains(alerts, {"versions/shop/invalid-1_1", "rollouts/shop/aborted"}),
+        "status flags raised for the administrator",
+    )
+    _, data, _ = await deployctl("alerts", "--json")
+    assert all(flag["help"] and flag["help_uri"].startswith("https://") for flag in data["flags"])
+
+
+async def _contains(found: Callable[[], Awaitable[set[str]]], expected: set[str]) -> bool:
+    return expected <= await found()
+
 
 async def test_pause_promoted_by_hand_and_abort(
     fleet: Any, deployctl: Deployctl, tmp_path: Path, redis: Redis, settings: Settings

@@ -1,0 +1,31 @@
+"""Every Redis key the flags use, in one place (the communicator's are in its own).
+
+Keys are built from the installation's key prefix (``Settings.key_prefix``),
+so several installations, or several tests, share one Redis. Nothing outside
+this module builds a key string: the Lua scripts get every key from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FlagKeys:
+    """The flags' Redis key space under the installation's key prefix."""
+
+    prefix: str = "deployctl:"
+
+    # -- status flags (problems raised for an administrator) -------------------
+
+    def status_flag(self, flag_id: str) -> str:
+        """Hash: one raised status flag's fields (``unit/section/name`` holds no ``:``)."""
+        return f"{self.prefix}status:flag:{flag_id}"
+
+    def status_flags(self) -> str:
+        """Set: the id of every raised status flag."""
+        return f"{self.prefix}status:flags"
+
+    def status_events(self) -> str:
+        """Pub/sub channel: a JSON announcement each time a status flag is raised or lowered."""
+        return f"{self.prefix}status:events"
