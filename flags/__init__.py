@@ -1,3 +1,31 @@
-"""flags (see DESIGN.md §2)."""
+"""Feature flags: flagd-compatible definitions, compiled targeting, in-process evaluation.
 
-__all__: list[str] = []
+A :class:`Flag` follows flagd's flag definition, and every flag carries ``help``
+and ``help_uri``. :class:`CompiledFlag` compiles a flag's targeting once;
+:func:`evaluate` then resolves it as flagd's in-process resolver would.
+"""
+
+from flags._errors import EXAMPLE_FLAG, FlagError
+from flags._evaluate import CompiledFlag, ErrorCode, FlagType, Reason, Resolution, evaluate
+from flags._model import FLAGD_SCHEMA, Flag, FlagState, flagd_document, flags_from_flagd_document
+from flags._targeting import OPERATORS, Targeting, UnknownOperator, compile_targeting
+
+__all__ = [
+    "EXAMPLE_FLAG",
+    "FLAGD_SCHEMA",
+    "OPERATORS",
+    "CompiledFlag",
+    "ErrorCode",
+    "Flag",
+    "FlagError",
+    "FlagState",
+    "FlagType",
+    "Reason",
+    "Resolution",
+    "Targeting",
+    "UnknownOperator",
+    "compile_targeting",
+    "evaluate",
+    "flagd_document",
+    "flags_from_flagd_document",
+]

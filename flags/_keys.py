@@ -29,3 +29,21 @@ class FlagKeys:
     def status_events(self) -> str:
         """Pub/sub channel: a JSON announcement each time a status flag is raised or lowered."""
         return f"{self.prefix}status:events"
+
+    # -- feature flags ---------------------------------------------------------
+
+    def feature_flag(self, key: str) -> str:
+        """String: JSON {key, revision, flag (flagd form, help in its metadata)}."""
+        return f"{self.prefix}flag:{key}"
+
+    def feature_flags(self) -> str:
+        """Set: the key of every feature flag."""
+        return f"{self.prefix}flags"
+
+    def flag_history(self) -> str:
+        """Stream (bounded): every flag change (key, action, revision, who, why, changes)."""
+        return f"{self.prefix}flags:history"
+
+    def flag_changes(self) -> str:
+        """Pub/sub channel: JSON {key, revision} after each change (the publisher relays it)."""
+        return f"{self.prefix}flags:changes"

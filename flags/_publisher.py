@@ -1,0 +1,83 @@
+"""Pushing flags to services: Redis changes relayed to retained MQTT messages.
+
+The leading controller runs one :class:`FlagPublisher`. On start (and after
+any reconnection) it publishes every flag, retained, on its own topic; then it
+relays each change announced in Redis. A service subscribing to the flags'
+topics gets every current flag at once (retained) and every change after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+
+import aiomqtt
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from communicator import Settings, mqtt_client
+from communicator._backoff import backoff_delay
+from flags._keys import FlagKeys
+from flags._store import FlagStore, StoredFlag
+from flags._topics import FlagTopics
+
+logger = logging.getLogger(__name__)
+
+
+def flag_payload(stored: StoredFlag) -> bytes:
+    """The retained message of a flag: its flagd form, key and revision."""
+    return json.dumps(
+        {"key": stored.flag.key, "revision": stored.revision, "flag": stored.flag.to_flagd()}
+    ).encode()
+
+
+class FlagPublisher:
+    """Relays the flags in Redis to retained MQTT messages, until cancelled."""
+
+    def __init__(self, *, settings: Settings, redis: Redis) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._keys = FlagKeys(settings.key_prefix)
+        self._topics = FlagTopics(settings.topic_prefix)
+        self._store = FlagStore(redis=redis, keys=self._keys)
+        self.published = 0
+        self.synced = asyncio.Event()  # every flag published once since the last (re)connection
+
+    async def run(self) -> None:
+        """Publish and relay, reconnecting to the broker and Redis as needed."""
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+            except (aiomqtt.MqttError, RedisError, OSError) as exc:
+                self.synced.clear()
+                attempt += 1
+                logger.warning("flag publisher: %s; retrying", exc)
+                await asyncio.sleep(backoff_delay(attempt))
+
+    async def _session(self) -> None:
+        client_id = f"deployctl-flags-{uuid.uuid4().hex[:10]}"
+        async with (
+            mqtt_client(self._settings, client_id=client_id) as mqtt,
+            self._redis.pubsub() as pubsub,
+        ):
+            await pubsub.subscribe(self._keys.flag_changes())  # first, so no change slips by
+            for stored in (await self._store.all()).values():
+                await self._publish(mqtt, stored.flag.key, stored)
+            self.synced.set()
+            async for item in pubsub.listen():
+                if item["type"] != "message":
+                    continue
+                with contextlib.suppress(ValueError, KeyError):
+                    key = json.loads(item["data"])["key"]
+                    await self._publish(mqtt, key, await self._store.get(key))
+
+    async def _publish(self, mqtt: aiomqtt.Client, key: str, stored: StoredFlag | None) -> None:
+        payload = (
+            flag_payload(stored) if stored is not None else b""
+        )  # empty: clears the retained flag
+        await mqtt.publish(self._topics.flag(key), payload, qos=1, retain=True)
+        self.published += 1
