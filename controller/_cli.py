@@ -12,6 +12,7 @@ from controller import (
     _cli_alerts,
     _cli_broker,
     _cli_canary,
+    _cli_flags,
     _cli_messages,
     _cli_playbook,
     _cli_rollouts,
@@ -44,6 +45,7 @@ app.command("rollouts")(_cli_rollouts.list_rollouts)
 app.add_typer(_cli_rollouts.rollout_app, name="rollout")
 app.command("status")(_cli_rollouts.status)
 app.add_typer(_cli_rollouts.controller_app, name="controller")
+app.add_typer(_cli_flags.app, name="flag")
 app.command("up")(_cli_up.up)
 app.command("demo")(_cli_up.demo)
 app.add_typer(_cli_alerts.alerts_app, name="alerts")

@@ -26,6 +26,7 @@ from controller._alerts import StatusFlagRaiser
 from controller._engine import RolloutEngine
 from controller._keys import ControllerKeys
 from controller._rollout import RolloutStore
+from flags._publisher import FlagPublisher
 from strategies import CanaryStrategy
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Controller:
             measurements=Measurements(redis=redis, keys=communicator_keys),
         )
         self.alerts = StatusFlagRaiser(redis=redis, key_prefix=settings.key_prefix)
+        self.flag_publisher = FlagPublisher(settings=settings, redis=redis)
         self._tick = tick
         self._ttl_ms = int(lease_ttl * 1000)
         self._renew = redis.register_script(_RENEW)
@@ -107,8 +109,9 @@ class Controller:
                 advancer = tasks.create_task(self._advance_loop(), name="controller-advance")
                 # Only the leader raises status flags, or each would be counted twice.
                 alerts = tasks.create_task(self.alerts.run(), name="controller-status-flags")
+                flags = tasks.create_task(self.flag_publisher.run(), name="controller-flags")
                 await self._keep_leading()
-                for task in (listener, advancer, alerts):
+                for task in (listener, advancer, alerts, flags):
                     task.cancel()
         finally:
             self.leading.clear()

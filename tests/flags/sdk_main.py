@@ -17,6 +17,7 @@ from flags import FlagClient
 async def main(key: str) -> None:
     async with FlagClient() as client:
         await client.wait_synced(10)
+        client.updated.clear()  # the retained flags that made us synced
         print(json.dumps({"event": "synced"}), flush=True)
         while True:
             resolution = client.resolve(key, None, {"targetingKey": "user-1"})
