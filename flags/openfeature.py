@@ -3,6 +3,7 @@
 Services that already speak OpenFeature keep their code and swap the provider::
 
     from openfeature import api
+    from flags import FlagClient
     from flags.openfeature import DeployctlProvider
 
     async with FlagClient(settings=settings, bootstrap=Path("flags.json")) as flags:

@@ -51,9 +51,9 @@ def test_switch_roll_out_and_evaluate() -> None:
     assert (data["value"], data["variant"], data["reason"]) == (True, "on", "TARGETING_MATCH")
     assert data["metadata"]["help_uri"] == "https://wiki.example.com/flags/new-checkout"
     assert run("flag", "off", "new-checkout", "--reason", "errors up")[0] == 0
-    code, out, _ = run("flag", "eval", "new-checkout", "--json")
+    _code, out, _ = run("flag", "eval", "new-checkout", "--json")
     assert json.loads(out)["reason"] == "DISABLED"
-    code, out, _ = run("flag", "history", "new-checkout", "--json")
+    _, out, _ = run("flag", "history", "new-checkout", "--json")
     assert [h["why"] for h in json.loads(out)][-1] == "errors up"
 
 

@@ -111,7 +111,7 @@ async def test_sdk_serves_last_known_values_while_the_broker_is_away(
     own_broker: tuple[int, Server],
     tmp_path: Path,
 ) -> None:
-    """With the broker (and so the store) out of reach, evaluation goes on: same value, reason STALE."""
+    """With the broker out of reach evaluation goes on: the same value, reason STALE."""
     port, broker = own_broker
     settings = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{port}"})
     store = FlagStore(redis=redis, keys=FlagKeys(key_prefix))

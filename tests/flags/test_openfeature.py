@@ -14,7 +14,7 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 
 from communicator import Settings
-from flags._client import FlagClient
+from flags import FlagClient
 from flags.openfeature import PROVIDER_NAME, DeployctlProvider
 
 HELP = "Shows the new checkout; if orders fail, switch it off."
