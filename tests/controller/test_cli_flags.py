@@ -43,10 +43,10 @@ def test_a_flag_without_help_is_refused_with_an_example() -> None:
 def test_switch_roll_out_and_evaluate() -> None:
     """create, rollout, eval, off: values, variants and reasons as OpenFeature reports them."""
     assert run("flag", "create", "new-checkout", *HELP)[0] == 0
-    code, out, _ = run("flag", "eval", "new-checkout", "--json")
+    _, out, _ = run("flag", "eval", "new-checkout", "--json")
     assert json.loads(out)["reason"] == "STATIC"
     assert run("flag", "rollout", "new-checkout", "100")[0] == 0
-    code, out, _ = run("flag", "eval", "new-checkout", "--context", "targetingKey=u1", "--json")
+    _, out, _ = run("flag", "eval", "new-checkout", "--context", "targetingKey=u1", "--json")
     data = json.loads(out)
     assert (data["value"], data["variant"], data["reason"]) == (True, "on", "TARGETING_MATCH")
     assert data["metadata"]["help_uri"] == "https://wiki.example.com/flags/new-checkout"
