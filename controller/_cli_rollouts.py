@@ -9,6 +9,7 @@ import signal
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -20,6 +21,7 @@ from controller._keys import ControllerKeys
 from controller._output import JSON_OPTION, Exit, console, emit, fail
 from controller._rollout import Phase, RolloutStore
 from controller._views import PHASE_STYLE, rollout_data, timeline
+from flags import FlagKeys, StatusFlags
 
 rollout_app = typer.Typer(help="One service's rollouts.", no_args_is_help=True)
 controller_app = typer.Typer(help="The rollout controller.", no_args_is_help=True)
@@ -86,7 +88,11 @@ def status(as_json: bool = JSON_OPTION) -> None:
                 }
             )
         leader = await access.redis.get(ControllerKeys(access.settings.key_prefix).leader())
+        alerts = await StatusFlags(
+            redis=access.redis, keys=FlagKeys(access.settings.key_prefix)
+        ).list()
         return {
+            "alerts": [a.model_dump(mode="json") for a in alerts],
             "controller": leader.decode() if isinstance(leader, bytes) else leader,
             "rollouts": [rollout_data(r, await traffic(access, r)) for r in rollouts],
             "services": services,
@@ -113,6 +119,12 @@ def status(as_json: bool = JSON_OPTION) -> None:
             versions = ", ".join(f"{v} ({state})" for v, state in s["versions"].items())
             services.add_row(s["service"], str(s["instances"]), versions)
         console.print(services)
+        for alert in data["alerts"]:
+            console.print(
+                f"[bold yellow]alert[/] {alert['unit']}/{alert['section']}/{alert['name']} "
+                f"(priority {alert['priority']}): {escape(alert['message'])}\n"
+                f"  {escape(alert['help'])}"
+            )
 
     emit(data, as_json=as_json, render=render)
     phases = {Phase(r["phase"]) for r in data["rollouts"]}

@@ -44,7 +44,11 @@ from controller._playbook_steps import STEP_KINDS, STEP_TYPES, ExecStep, Step
 #: What a playbook's name looks like (it names the file of a shipped playbook, too).
 PLAYBOOK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 #: The steps each strategy can run; "flag" and "shadow" will bring their own.
-STEPS_BY_STRATEGY: dict[str, frozenset[str]] = {"canary": STEP_KINDS}
+STEPS_BY_STRATEGY: dict[str, frozenset[str]] = {
+    "canary": STEP_KINDS,
+    # A feature flag's share: set_weight is the percentage of contexts served "on".
+    "flag": frozenset({"set_weight", "pause"}),
+}
 #: Longest failure window: the communicator counts outcomes over at most a day.
 MAX_FAILURE_WINDOW = 86_400.0
 _REPO_PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
@@ -157,7 +161,7 @@ class Playbook(BaseModel):
     """What the playbook is called (``deployctl playbook show NAME``)."""
     description: str = Field(min_length=1)
     """What the rollout does and when to choose this playbook."""
-    strategy: Literal["canary"] = "canary"
+    strategy: Literal["canary", "flag"] = "canary"
     """How traffic moves: ``canary`` (weighted pools of stable and canary instances)."""
     sticky: Annotated[str, AfterValidator(_sticky)] | None = None
     """A message parameter (like ``user_id``) whose value keeps a user on one version."""
