@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +15,7 @@ from controller._cli_registry import RegistryAccess, with_registry
 from controller._keys import ControllerKeys
 from controller._output import JSON_OPTION, Exit, console, emit, err_console, fail
 from controller._playbook import Playbook, load_playbook, parse_playbook, shipped_playbooks
-from controller._rollout import Phase, Rollout, RolloutError, RolloutStore
+from controller._rollout import Phase, Rollout, RolloutError, RolloutStore, start_rollout
 from controller._views import rollout_data, rollout_panel, timeline
 
 app = typer.Typer(
@@ -163,22 +162,18 @@ def start(
                 code=Exit.NO,
                 as_json=as_json,
             )
-        measurements = Measurements(redis=access.redis, keys=access.keys)
-        origin = {v: dict((await measurements.totals(service, v)).counts) for v in (old, version)}
-        rollout = Rollout(
-            id=uuid.uuid4().hex[:12],
-            service=service,
-            stable=old,
-            canary=version,
-            playbook=chosen.model_dump(mode="json"),
-            reason=f"requested: canary {version} of {service} with playbook {chosen.name}",
-            step_data={"origin": origin},
-        )
         try:
-            await _store(access).create(rollout)
+            rollout = await start_rollout(
+                _store(access),
+                Measurements(redis=access.redis, keys=access.keys),
+                service=service,
+                stable=old,
+                canary=version,
+                playbook=chosen.model_dump(mode="json"),
+                reason=f"requested: canary {version} of {service} with playbook {chosen.name}",
+            )
         except RolloutError as exc:
             fail(str(exc), code=Exit.NO, as_json=as_json)
-        await _store(access).wake(service)
         if wait:
             rollout = await wait_for_end(access, service, live=True, as_json=as_json)
             history = await _store(access).history(service)

@@ -26,7 +26,7 @@ from rich.live import Live
 from communicator import Client, ClientError, Keys, Measurements, Message, RouterConfig, Settings
 from controller._keys import ControllerKeys
 from controller._playbook import load_playbook, shipped_playbooks
-from controller._rollout import Phase, Rollout, RolloutStore
+from controller._rollout import Phase, Rollout, RolloutStore, start_rollout
 from controller._up import Stack
 from controller._views import rollout_panel, timeline
 
@@ -121,22 +121,16 @@ async def run_demo(console: Console, *, healthy: bool, settings: Settings | None
 
 async def _start(redis: Redis, settings: Settings) -> Rollout:
     """What ``deployctl canary start shop --version 1.1 --playbook canary-fast`` does."""
-    store = RolloutStore(redis=redis, keys=ControllerKeys(settings.key_prefix))
-    measurements = Measurements(redis=redis, keys=Keys(settings.key_prefix))
     playbook = load_playbook(shipped_playbooks()["canary-fast"])
-    origin = {v: dict((await measurements.totals(SERVICE, v)).counts) for v in (STABLE, CANARY)}
-    rollout = Rollout(
-        id=uuid.uuid4().hex[:12],
+    return await start_rollout(
+        RolloutStore(redis=redis, keys=ControllerKeys(settings.key_prefix)),
+        Measurements(redis=redis, keys=Keys(settings.key_prefix)),
         service=SERVICE,
         stable=STABLE,
         canary=CANARY,
         playbook=playbook.model_dump(mode="json"),
-        step_data={"origin": origin},
         reason=f"deployctl canary start {SERVICE} --version {CANARY} --playbook canary-fast",
     )
-    await store.create(rollout)
-    await store.wake(SERVICE)
-    return rollout
 
 
 async def _follow(console: Console, redis: Redis, settings: Settings, rollout: Rollout) -> Rollout:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from enum import StrEnum
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from communicator import DeployctlError
+from communicator import DeployctlError, Measurements
 from controller._keys import ControllerKeys
 
 HISTORY_LENGTH = 10_000
@@ -182,3 +183,33 @@ class RolloutStore:
     async def wake(self, service: str) -> None:
         """Ask the leader to look at the service's rollout now."""
         await self._redis.publish(self._keys.wakeup(), service)
+
+
+async def start_rollout(
+    store: RolloutStore,
+    measurements: Measurements,
+    *,
+    service: str,
+    stable: str,
+    canary: str,
+    playbook: dict[str, Any],
+    reason: str,
+) -> Rollout:
+    """Record a new rollout (with the versions' outcome totals so far) and wake the leader.
+
+    Raises:
+        RolloutError: A rollout of the service is still active.
+    """
+    origin = {v: dict((await measurements.totals(service, v)).counts) for v in (stable, canary)}
+    rollout = Rollout(
+        id=uuid.uuid4().hex[:12],
+        service=service,
+        stable=stable,
+        canary=canary,
+        playbook=playbook,
+        reason=reason,
+        step_data={"origin": origin},
+    )
+    await store.create(rollout)
+    await store.wake(service)
+    return rollout
