@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 #: What the communicator itself answers.
 COMMUNICATOR_COMMANDS = (
     "ALIVE",
+    "BUSY",
     "CLOCK",
     "COMMANDS",
     "DISCONNECTED",
@@ -319,6 +320,11 @@ class Control:
             instance=sender.instance,
             server=sender.server,
         )
+
+    async def _on_busy(self, client_id: str, message: Message) -> None:
+        sender = await self._registered_sender(client_id, message)
+        if sender is not None:
+            await self._router.shadow.on_busy(sender, message)
 
     async def _on_help(self, client_id: str, message: Message) -> None:
         await self._router.reply(client_id, "COMMANDS", list=",".join(COMMUNICATOR_COMMANDS))

@@ -165,11 +165,13 @@ class Directory:
         known = bool(entry.instances or entry.defined_commands)
         if known and not self.knows_command(service, command):
             return Verdict.UNKNOWN
+        shadows = {mirror.version for mirror in entry.plan.mirrors}  # copies only, never primary
         candidates = [
             i
             for i in entry.instances.values()
             if command in i.commands
             and i.version not in entry.invalid_versions
+            and i.version not in shadows
             and (not server or i.server == server)
         ]
         if not candidates:

@@ -106,6 +106,10 @@ class Keys:
         """String: the service's RoutePlan as JSON, written by strategies."""
         return f"{self.prefix}svc:{service}:plan"
 
+    def shadow_report(self, service: str) -> str:
+        """Hash: ``<shadow version>|<router id>`` -> JSON counts and comparisons of a mirror."""
+        return f"{self.prefix}svc:{service}:shadow"
+
     def changes(self) -> str:
         """Pub/sub channel: a service name, whenever its instances, commands or plan changed."""
         return f"{self.prefix}changes"

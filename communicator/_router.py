@@ -42,6 +42,7 @@ from communicator._plans import PlanStore
 from communicator._registry import Registry
 from communicator._services import ServiceDefinition
 from communicator._settings import Settings
+from communicator._shadow import Shadow, is_shadow_reply
 from communicator._topics import Topics
 from communicator._tracking import OutcomeTracker, Pending
 from communicator._validators import parse_duration
@@ -114,6 +115,7 @@ class Router:
         self.cache = MessageCache(redis=redis, keys=self.keys, size=self.config.cache_size)
         self.tracker = OutcomeTracker()
         self.control = Control(self)
+        self.shadow = Shadow(self)
         self.ready = asyncio.Event()  # set once connected and holding its share of partitions
         self._client: aiomqtt.Client | None = None
         self._in_prefix = self.topics.inbound("")
@@ -143,6 +145,9 @@ class Router:
                     tasks.create_task(self._housekeeping_loop(), name="router-housekeeping"),
                 ]
                 await self._stopping.wait()
+                # Stop publishing, and let paho's scheduled writes run before its socket closes.
+                self._client = None
+                await asyncio.sleep(0.05)
                 for task in [mqtt, *background]:
                     task.cancel()
         finally:
@@ -181,10 +186,10 @@ class Router:
                     paho = client._client
                     async for message in client.messages:
                         await self._on_mqtt(message)
-                        # While messages keep coming, the loop never yields and paho's
-                        # writer callback never runs: flush what we queued ourselves.
+                        # While messages keep coming the loop never yields, and paho's writer
+                        # callback would not run: yield once, so what we queued goes out now.
                         if paho.want_write():
-                            paho.loop_write()
+                            await asyncio.sleep(0)
             except aiomqtt.MqttError as exc:
                 self._client = None
                 attempt += 1
@@ -218,6 +223,9 @@ class Router:
             logger.warning("not connected; dropped %s for %s", message.command, client_id)
             return
         paho = client._client  # aiomqtt's paho client: see the docstring
+        if not paho.is_connected():  # closing: paho would register a writer on a dead socket
+            logger.warning("disconnected; dropped %s for %s", message.command, client_id)
+            return
         info = paho.publish(self.topics.outbound(client_id), encode(message), qos=0)
         if info.rc != 0:
             logger.warning(
@@ -292,6 +300,9 @@ class Router:
                 )
                 return
         in_reply_to = message.parameters.get("in_reply_to")
+        if in_reply_to is not None and is_shadow_reply(in_reply_to):
+            await self.shadow.on_reply(sender, in_reply_to, message)  # never delivered
+            return
         if in_reply_to is not None and await self._answer(sender, in_reply_to, message):
             return
         if message.is_broadcast:
@@ -318,6 +329,7 @@ class Router:
             await self._cache(partition, sender.client_id, message)
             return False
         await self.deliver(target, message, requester=sender.client_id)
+        await self.shadow.mirror(sender, message, target)
         return True
 
     async def deliver(self, target: Instance, message: Message, *, requester: str) -> None:
@@ -354,6 +366,7 @@ class Router:
         )
         if answer is None:
             return False
+        self.shadow.primary_reply(answer.pending.requester, in_reply_to, message)
         if message.command == "ERROR":
             await self.control.record(
                 replier.service,
@@ -576,6 +589,7 @@ class Router:
             await asyncio.sleep(self.config.flush_every)
             try:
                 await self._flush()
+                await self.shadow.housekeeping()
                 for pending in self.tracker.timed_out():
                     await self.control.record(
                         pending.service,

@@ -17,6 +17,7 @@ from controller import (
     _cli_playbook,
     _cli_rollouts,
     _cli_services,
+    _cli_shadow,
     _cli_up,
     _cli_versions,
 )
@@ -49,6 +50,7 @@ app.add_typer(_cli_flags.app, name="flag")
 app.command("up")(_cli_up.up)
 app.command("demo")(_cli_up.demo)
 app.add_typer(_cli_alerts.alerts_app, name="alerts")
+app.add_typer(_cli_shadow.shadow_app, name="shadow")
 
 
 def _show_version(value: bool) -> None:

@@ -41,15 +41,24 @@ async def main() -> None:
     parser.add_argument(
         "--fail-rate", type=float, default=0.0, help="share of requests answered ERROR"
     )
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each handler sleeps")
+    parser.add_argument("--by", help="the reply's by= (default: the version)")
+    parser.add_argument("--tag", help="add tag=<this> to every reply (a real difference)")
+    parser.add_argument("--noisy", action="store_true", help="add at=<time> to every reply (noise)")
     args = parser.parse_args()
 
     async def handle(message: Message) -> Message | None:
         say("received", message=message.model_dump(), at=time.time())
         if args.behaviour == "silent" or message.command in INFORMATION:
             return None
+        if args.delay:
+            await asyncio.sleep(args.delay)
         if args.behaviour == "error" or random.random() < args.fail_rate:
             return message.reply("ERROR", reason="failing on purpose")
-        return message.reply("DONE", by=args.version)
+        extra = {"tag": args.tag} if args.tag is not None else {}
+        if args.noisy:
+            extra["at"] = f"{time.time():.6f}"
+        return message.reply("DONE", by=args.by or args.version, **extra)
 
     commands = [c for c in args.commands.split(",") if c]
     client = Client(
@@ -100,6 +109,12 @@ async def main() -> None:
             if load is not None:
                 load.cancel()
             say("load_stopped", **tally)
+        elif "busy" in order:  # {"busy": true|false, "for": "5s"}: BUSY to the communicator
+            parameters = {"busy": "true" if order["busy"] else "false"}
+            if "for" in order:
+                parameters["for"] = order["for"]
+            await client.send(Message(command="BUSY", parameters=parameters))
+            say("sent")
         elif "fail" in order:
             await client.report_failure(order["fail"])
             say("sent")

@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 from communicator._directory import Directory, Instance, Verdict
-from communicator._plans import Pool, RoutePlan
+from communicator._plans import Mirror, Pool, RoutePlan
 
 
 def instance(
@@ -129,3 +129,10 @@ def test_broadcast_filters() -> None:
     assert ids(d.every("RELOAD", zone="z2")) == ["b"]
     assert ids(d.every("RELOAD", server="s1")) == ["a"]
     assert ids(d.every("PLACE", exclude="a")) == ["d"]
+
+
+def test_a_shadow_version_never_gets_primary_traffic() -> None:
+    """A version named as a mirror gets copies only: the default plan leaves it out."""
+    plan = RoutePlan(mirrors=[Mirror(version="2")])
+    d = directory(instance("a", "1"), instance("b", "2"), plan=plan)
+    assert spread(d, 200) == Counter({"1": 200})
