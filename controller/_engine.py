@@ -124,6 +124,7 @@ class RolloutEngine:
         task = self._execs.pop(rollout.id, None)
         if task is not None:
             task.cancel()
+        await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
         await self._strategy.rollback(
             rollout.service,
             stable=rollout.stable,
@@ -289,9 +290,31 @@ class RolloutEngine:
     async def _step_mirror(
         self, rollout: Rollout, playbook: Playbook, step: Any, now: float
     ) -> bool:
-        await self._transition(
-            rollout, rollout.phase, "mirror step skipped: shadow traffic is not available yet"
-        )
+        """Shadow the canary: copies of the traffic for ``duration``, its replies swallowed.
+
+        Its failures count against it like any other, so a bad canary can be
+        invalidated (and the rollout rolled back) before it serves anyone.
+        """
+        if not rollout.step_data.get("mirroring"):
+            await self._strategy.set_mirror(
+                rollout.service,
+                canary=rollout.canary,
+                percent=step.percent,
+                max_inflight=step.max_inflight,
+                compare=step.compare,
+            )
+            rollout.step_data["mirroring"] = True
+            await self._transition(
+                rollout,
+                rollout.phase,
+                f"mirroring {step.percent:g}% of the traffic to {rollout.canary} "
+                f"for {step.duration:g}s",
+            )
+            return False
+        if now - rollout.step_started_at < step.duration:
+            return False
+        await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+        await self._transition(rollout, rollout.phase, "shadow step ended")
         return True
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from communicator import InvalidationPolicy, PlanStore, Pool, Registry, RoutePlan
+from communicator import InvalidationPolicy, Mirror, PlanStore, Pool, Registry, RoutePlan
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,40 @@ class CanaryStrategy:
         await self._plans.set(service, plan)
         logger.info("%s: %s at %d%% (stable %s)", service, canary, weight, stable)
         return plan
+
+    async def set_mirror(
+        self, service: str, *, canary: str, percent: float, max_inflight: int, compare: bool
+    ) -> None:
+        """Shadow: copy ``percent`` % of the messages to ``canary`` (its replies swallowed)."""
+        plan = await self._plans.get(service) or RoutePlan()
+        mirror = Mirror(version=canary, percent=percent, max_inflight=max_inflight, compare=compare)
+        mirrors = [m for m in plan.mirrors if m.version != canary] + [mirror]
+        await self._plans.set(
+            service,
+            plan.model_copy(
+                update={
+                    "mirrors": mirrors,
+                    "revision": plan.revision + 1,
+                    "reason": f"shadow {canary}: {percent:g}% mirrored",
+                }
+            ),
+        )
+
+    async def clear_mirror(self, service: str, *, canary: str) -> None:
+        """Stop copying messages to ``canary``."""
+        plan = await self._plans.get(service)
+        if plan is not None and any(m.version == canary for m in plan.mirrors):
+            mirrors = [m for m in plan.mirrors if m.version != canary]
+            await self._plans.set(
+                service,
+                plan.model_copy(
+                    update={
+                        "mirrors": mirrors,
+                        "revision": plan.revision + 1,
+                        "reason": f"shadow {canary} ended",
+                    }
+                ),
+            )
 
     async def protect(self, service: str, canary: str, policy: InvalidationPolicy) -> None:
         """Make the communicator cut ``canary`` off by itself when it crosses ``policy``."""

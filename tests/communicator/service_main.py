@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+from typing import Any
 
 from communicator import Client, ClientError, Message, RegistrationRefused, parse_line
 
@@ -79,7 +80,7 @@ async def main() -> None:
         say("refused", reason=exc.reason, retry_after=exc.retry_after)
         return
     say("ready", client_id=client.client_id)
-    tally = {"sent": 0, "ok": 0, "failed": 0}
+    tally: dict[str, Any] = {"sent": 0, "ok": 0, "failed": 0}
     load: asyncio.Task[None] | None = None
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(
@@ -126,16 +127,19 @@ async def main() -> None:
     say("bye")
 
 
-async def generate_load(client: Client, line: str, rate: float, tally: dict[str, int]) -> None:
+async def generate_load(client: Client, line: str, rate: float, tally: dict[str, Any]) -> None:
     """Requests at ``rate`` per second, each in its own task; counts what comes back."""
 
     async def one() -> None:
         try:
             await client.request(parse_line(line), timeout=2)
             tally["ok"] += 1
-        except ClientError:
+        except ClientError as exc:
             tally["failed"] += 1
+            if len(errors) < 5:
+                errors.append(f"{time.time():.3f} {exc}")
 
+    errors = tally.setdefault("errors", [])  # type: ignore[arg-type]
     tasks: set[asyncio.Task[None]] = set()
     try:
         while True:

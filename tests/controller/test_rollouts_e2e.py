@@ -335,3 +335,42 @@ async def test_invalid_playbook_is_refused_with_line_and_fix(
     )
     assert code == 2
     assert "set_weight" in err
+
+
+SHADOW_FIRST = """name: shadow-first
+description: Shadow the canary, then canary it.
+strategy: canary
+steps:
+  - mirror: {percent: 100, duration: 2s}
+  - set_weight: 100
+rollback: {max_failure_rate: 0.2, min_failures: 5}
+"""
+
+
+async def test_a_failing_canary_is_caught_while_only_shadowed(
+    fleet: Any, deployctl: Deployctl, tmp_path: Path
+) -> None:
+    """A mirror step shadows the canary; failing copies roll it back before it serves anyone."""
+    playbook = tmp_path / "shadow.yaml"
+    playbook.write_text(SHADOW_FIRST)
+    front = await shop_with_traffic(fleet, 0.0)
+    code, _, err = await deployctl(
+        "canary",
+        "start",
+        "shop",
+        "--version",
+        "1.1",
+        "--stable",
+        "1.0",
+        "--playbook",
+        str(playbook),
+    )
+    assert code == 0, err
+    await start_canary(fleet, 0.6)  # deployed once the rollout began, as a site would
+    code, rollout, err = await deployctl("canary", "status", "shop", "--watch", "--json")
+    assert code == 1, err
+    assert rollout["phase"] == "Aborted"
+    assert rollout["step"] == 0  # still in the mirror step: it never got real traffic
+    await front.order(stop_load=True)
+    tally = await front.expect("load_stopped")
+    assert tally["failed"] == 0, tally["errors"]
