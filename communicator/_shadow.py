@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: A mirror dropping more than this share of its copies is announced (a status flag)...
+DROP_ALERT_SHARE = 0.5
+#: ...once it has had at least this many candidate copies.
+DROP_ALERT_MINIMUM = 20
 #: ``message_id`` prefixes of the copies; replies to them are the shadow's, never delivered.
 SHADOW_PREFIX = "~shadow."
 NOISE_PREFIX = "~noise."
@@ -108,6 +112,7 @@ class Shadow:
         self._busy: dict[str, float] = {}  # client id -> monotonic time it is free again
         self._ids = itertools.count(1)
         self._dirty: set[MirrorKey] = set()
+        self._dropping: set[MirrorKey] = set()  # mirrors announced as dropping most copies
         self._rng = random.Random()
 
     # -- copies ---------------------------------------------------------------------------
@@ -342,10 +347,37 @@ class Shadow:
                         f"{key[1]}|{router.router_id}",
                         json.dumps(self.data(key)),
                     )
+                    self._announce_drops(pipe, key)
                 await pipe.execute()
         except BaseException:
             self._dirty |= dirty
             raise
+
+    def _announce_drops(self, pipe: Any, key: MirrorKey) -> None:
+        """Announce a mirror dropping most of its copies (and its recovery) as an event."""
+        counts = self._mirrors[key].counts
+        candidates = counts["candidates"]
+        share = (
+            (counts["dropped_busy"] + counts["dropped_bound"]) / candidates if candidates else 0.0
+        )
+        dropping = key in self._dropping
+        if not dropping and candidates >= DROP_ALERT_MINIMUM and share > DROP_ALERT_SHARE:
+            self._dropping.add(key)
+            kind = "shadow_dropping"
+        elif dropping and share < DROP_ALERT_SHARE / 2:
+            self._dropping.discard(key)
+            kind = "shadow_recovered"
+        else:
+            return
+        event = {
+            "type": kind,
+            "service": key[0],
+            "version": key[1],
+            "drop_share": round(share, 3),
+            "counts": dict(counts),
+            "time": time.time(),
+        }
+        pipe.publish(self._router.keys.events(), json.dumps(event))
 
     # -- reads ----------------------------------------------------------------------------
 

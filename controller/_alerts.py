@@ -52,6 +52,11 @@ def slug(text: str, *, limit: int = _PART_LENGTH) -> str:
     return _NOT_IN_PART.sub("_", text.lower())[:limit] or "_"
 
 
+def shadow_flag_id(service: str, version: str) -> str:
+    """The status flag of a shadow version dropping most of its copies."""
+    return f"shadows/{slug(service)}/dropping-{slug(version, limit=_PART_LENGTH - 9)}"
+
+
 def version_flag_id(service: str, version: str) -> str:
     """The id of the flag raised while ``version`` of ``service`` is invalid."""
     return f"versions/{slug(service)}/invalid-{slug(version, limit=_PART_LENGTH - 8)}"
@@ -148,6 +153,10 @@ class StatusFlagRaiser:
                 logger.info("status flag lowered: %s %s reinstated", service, event["version"])
         elif kind == EventType.BAD_PASSWORDS:
             await self.flags.raise_flag(self._bad_passwords(service, event))
+        elif kind == "shadow_dropping":
+            await self.flags.raise_flag(self._shadow_dropping(service, event))
+        elif kind == "shadow_recovered":
+            await self.flags.lower(shadow_flag_id(service, str(event["version"])))
 
     async def _on_rollout_event(self, event: dict[str, Any]) -> None:
         service = event["service"]
@@ -180,6 +189,26 @@ class StatusFlagRaiser:
             help_uri=f"{DOCS}#version-invalidated",
             source=SOURCE,
             tags=(f"service:{service}", f"version:{version}", "event:version_invalidated"),
+        )
+
+    def _shadow_dropping(self, service: str, event: dict[str, Any]) -> StatusFlag:
+        version = str(event["version"])
+        share = float(event.get("drop_share") or 0)
+        return StatusFlag.from_id(
+            shadow_flag_id(service, version),
+            priority=40,
+            message=f"shadow {version} of {service} drops {share:.0%} of its copies",
+            help=(
+                f"The shadow {version} of {service} is too busy or too slow for the traffic "
+                "mirrored to it, so most copies are dropped (the primary is not affected). "
+                "Its report then says little: lower the share with `deployctl shadow start "
+                f"{service} --version {version} --percent P`, raise --max-inflight, or give the "
+                f"shadow more instances. `deployctl shadow report {service}` shows the counts. "
+                "The flag goes down when it drops less than a quarter of its copies."
+            ),
+            help_uri=f"{DOCS}#shadow-dropping",
+            source=SOURCE,
+            tags=(f"service:{service}", f"version:{version}", "event:shadow_dropping"),
         )
 
     def _bad_passwords(self, service: str, event: dict[str, Any]) -> StatusFlag:

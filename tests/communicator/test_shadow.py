@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from communicator import Mirror, PlanStore, Pool, RoutePlan, Router
 from tests.communicator.conftest import Start
@@ -125,8 +127,12 @@ async def test_busy_shadow_gets_no_copies_until_free_again(start: Start, router:
     assert adds_up(counts)
 
 
-async def test_accounting_adds_up_exactly_under_overload(start: Start, router: Router) -> None:
+async def test_accounting_adds_up_exactly_under_overload(
+    start: Start, router: Router, redis: Redis
+) -> None:
     """Under a load well past the bound, copies drop, in flight stays bounded, counts add up."""
+    events = redis.pubsub()
+    await events.subscribe(router.keys.events())
     await start("orders", "1", "--commands", "PLACE")
     await start("orders", "2", "--commands", "PLACE", "--delay", "0.3")
     front = await start("front", "1")
@@ -144,6 +150,13 @@ async def test_accounting_adds_up_exactly_under_overload(start: Start, router: R
     assert counts["failed"] == counts["dropped_busy"] == 0
     assert tally["failed"] == 0
     assert router.shadow.data(("orders", "2"))["peak_inflight"] == 4
+    # Dropping most copies is announced once (the controller raises a status flag for it).
+    async with asyncio.timeout(5):
+        while True:
+            item = await events.get_message(ignore_subscribe_messages=True, timeout=1)
+            if item and json.loads(item["data"])["type"] == "shadow_dropping":
+                break
+    await events.aclose()
 
 
 async def test_comparison_reports_real_differences_above_the_noise(

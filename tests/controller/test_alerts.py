@@ -124,6 +124,20 @@ async def test_invalidated_version_raises_until_reinstated(
     assert await store.list() == []
 
 
+async def test_shadow_dropping_raises_until_it_recovers(
+    raiser: StatusFlagRaiser, store: StatusFlags
+) -> None:
+    """shadow_dropping raises a flag saying what to change; shadow_recovered lowers it."""
+    channel = raiser.registry_channel
+    await raiser.handle(channel, registry_event("shadow_dropping", version="2.0", drop_share=0.8))
+    flag = await raised(store, "shadows/orders/dropping-2_0")
+    assert "80%" in flag.message
+    assert "--max-inflight" in flag.help
+    assert flag.help_uri.endswith("#shadow-dropping")
+    await raiser.handle(channel, registry_event("shadow_recovered", version="2.0"))
+    assert await store.list() == []
+
+
 def test_ids_are_made_of_allowed_characters() -> None:
     """Service names and versions with capitals, dots or plus signs make valid ids."""
     assert (
