@@ -13,6 +13,7 @@ import typer
 from communicator import BackendError, ConfigError
 from controller._cli_registry import load_settings
 from controller._demo import run_demo
+from controller._demo_shadow import run_shadow_demo
 from controller._output import JSON_OPTION, Exit, console, emit, err_console, fail
 from controller._rollout import Phase
 from controller._up import Stack
@@ -58,15 +59,29 @@ def up(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0)
 
 
 def demo(
+    scenario: Annotated[
+        str, typer.Argument(help="canary (a rollout rolled back or promoted) or shadow.")
+    ] = "canary",
     healthy: Annotated[
         bool, typer.Option(help="Roll out a healthy canary: it gets promoted.")
     ] = False,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """A real canary rollout on a simulated fleet, shown live, with the timeline of why."""
-    logging.basicConfig(level=logging.ERROR)
+    """A real rollout (or shadow) on a simulated fleet, shown live, with the story of why."""
+    for name in ("", "communicator", "controller", "strategies", "amqtt"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the live view tells the story
+    view = err_console if as_json else console
+    if scenario == "shadow":
+        try:
+            report = asyncio.run(run_shadow_demo(view))
+        except (BackendError, ConfigError) as exc:
+            fail(str(exc), code=Exit.BACKEND, as_json=as_json)
+        emit(report, as_json=as_json, render=lambda: None)
+        return
+    if scenario != "canary":
+        fail(f"unknown scenario {scenario!r}: use canary or shadow", as_json=as_json)
     try:
-        rollout = asyncio.run(run_demo(err_console if as_json else console, healthy=healthy))
+        rollout = asyncio.run(run_demo(view, healthy=healthy))
     except (BackendError, ConfigError) as exc:
         fail(str(exc), code=Exit.BACKEND, as_json=as_json)
     emit(rollout_data(rollout), as_json=as_json, render=lambda: None)
