@@ -7,6 +7,7 @@ on a recovering server in lockstep.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -62,3 +63,13 @@ def backoff(
         before_sleep=before_sleep_log(logger, logging.DEBUG),
         reraise=True,
     )
+
+
+def being_cancelled() -> bool:
+    """Whether the running task is being cancelled.
+
+    aiomqtt turns a cancellation that lands while it disconnects into an
+    ``MqttError``; a reconnect loop that caught it would then never end.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -19,7 +19,7 @@ from typing import Self
 
 import aiomqtt
 
-from communicator._backoff import FIRST_WAIT, MAX_WAIT, backoff_delay
+from communicator._backoff import FIRST_WAIT, MAX_WAIT, backoff_delay, being_cancelled
 from communicator._codec import WireForm, decode, encode
 from communicator._errors import ClientError, MessageError, RegistrationRefused, RequestFailed
 from communicator._message import Message
@@ -181,6 +181,8 @@ class Client:
                 try:
                     await self._session()
                 except aiomqtt.MqttError as exc:
+                    if being_cancelled():
+                        raise asyncio.CancelledError from exc
                     attempt += 1
                     delay = backoff_delay(attempt)
                     logger.warning(

@@ -24,7 +24,7 @@ import aiomqtt
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator._backoff import backoff_delay
+from communicator._backoff import backoff_delay, being_cancelled
 from communicator._cache import Cached, MessageCache
 from communicator._codec import decode, encode
 from communicator._control import NOT_REGISTERED, Control
@@ -191,6 +191,8 @@ class Router:
                         if paho.want_write():
                             await asyncio.sleep(0)
             except aiomqtt.MqttError as exc:
+                if being_cancelled() or self._stopping.is_set():
+                    raise asyncio.CancelledError from exc
                 self._client = None
                 attempt += 1
                 delay = backoff_delay(attempt)

@@ -21,7 +21,7 @@ from typing import Any, Self
 import aiomqtt
 
 from communicator import Settings, mqtt_client
-from communicator._backoff import backoff_delay
+from communicator._backoff import backoff_delay, being_cancelled
 from flags._errors import FlagError
 from flags._evaluate import CompiledFlag, FlagType, Reason, Resolution, evaluate
 from flags._model import Flag, flags_from_flagd_document
@@ -138,6 +138,8 @@ class FlagClient:
                             message = await messages.__anext__()
                         self._apply(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 self._connected = False
                 attempt += 1
                 logger.warning("flags: broker unreachable (%s); serving the last known flags", exc)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from communicator import Settings, mqtt_client
-from communicator._backoff import backoff_delay
+from communicator._backoff import backoff_delay, being_cancelled
 from flags._keys import FlagKeys
 from flags._store import FlagStore, StoredFlag
 from flags._topics import FlagTopics
@@ -53,6 +53,8 @@ class FlagPublisher:
             try:
                 await self._session()
             except (aiomqtt.MqttError, RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 self.synced.clear()
                 attempt += 1
                 logger.warning("flag publisher: %s; retrying", exc)
