@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from communicator._leases import Leases
 from communicator._measures import Measurements
 from communicator._message import ALL_SERVERS, Message
 from communicator._mqtt import mqtt_client
+from communicator._ownership import Ownership
 from communicator._partitions import PartitionTable, Received, fingerprint
 from communicator._passwords import PasswordStore
 from communicator._plans import PlanStore
@@ -115,12 +115,12 @@ class Router:
         self.cache = MessageCache(redis=redis, keys=self.keys, size=self.config.cache_size)
         self.tracker = OutcomeTracker()
         self.control = Control(self)
+        self.ownership = Ownership(self)
         self.shadow = Shadow(self)
         self.ready = asyncio.Event()  # set once connected and holding its share of partitions
         self._client: aiomqtt.Client | None = None
         self._in_prefix = self.topics.inbound("")
         self._stopping = asyncio.Event()
-        self._free_last_round: set[int] = set()
         self.connections = 0  # broker connections made so far (a will checks it did not change)
         self.stats: dict[str, int] = {
             "routed": 0,
@@ -139,8 +139,8 @@ class Router:
             async with asyncio.TaskGroup() as tasks:
                 mqtt = tasks.create_task(self._mqtt_loop(), name="router-mqtt")
                 background = [
-                    tasks.create_task(self._lease_loop(), name="router-leases"),
-                    tasks.create_task(self._checkpoint_loop(), name="router-checkpoints"),
+                    tasks.create_task(self.ownership.lease_loop(), name="router-leases"),
+                    tasks.create_task(self.ownership.checkpoint_loop(), name="router-checkpoints"),
                     tasks.create_task(self._listen(), name="router-changes"),
                     tasks.create_task(self._housekeeping_loop(), name="router-housekeeping"),
                 ]
@@ -208,7 +208,7 @@ class Router:
         received = Received(client_id, payload, fingerprint(client_id, payload), time.monotonic())
         partition = self.table.partition(client_id)
         if self.table.owns(partition, received.at):
-            await self._route(partition, received)
+            await self.route(partition, received)
         else:
             self.table.hold(partition, received)
 
@@ -255,7 +255,8 @@ class Router:
 
     # -- routing ------------------------------------------------------------------------------
 
-    async def _route(self, partition: int, received: Received) -> None:
+    async def route(self, partition: int, received: Received) -> None:
+        """Route one message of a partition we own (or are taking over)."""
         try:
             message = decode(received.payload)
         except MessageError as exc:
@@ -484,77 +485,6 @@ class Router:
             await self.cache.remove(partition, done)
 
     # -- background loops ---------------------------------------------------------------------
-
-    async def _lease_loop(self) -> None:
-        config = self.config
-        margin = config.renew_every
-        while True:
-            try:
-                await self._lease_round(margin)
-            except (RedisError, OSError) as exc:
-                logger.warning(
-                    "cannot renew partition leases (%s); routing pauses when they lapse", exc
-                )
-            await asyncio.sleep(config.renew_every)
-
-    async def _lease_round(self, margin: float) -> None:
-        ttl = self.config.lease_ttl
-        owned = self.table.owned()
-        started = time.monotonic()
-        for partition, ok in zip(owned, await self.leases.renew(owned), strict=True):
-            if ok:
-                self.table.extend(partition, started + ttl - margin)
-            else:
-                logger.warning("lost the lease of partition %d", partition)
-                self.table.drop(partition)
-                self.cache.forget(partition)
-        live = await self.leases.heartbeat(time.time(), stale_after=ttl)
-        share = Leases.share(self.table.count, live)
-        mine = set(self.table.owned())
-        owners = await self.leases.owners(self.table.count)
-        free = [p for p in range(self.table.count) if p not in owners and p not in mine]
-        random.shuffle(free)
-        # Claim our share of the free partitions; and any left free a whole round, whatever
-        # our share, so that nothing waits on a peer that is late or gone.
-        orphans = set(free) & self._free_last_round
-        self._free_last_round = set(free)
-        for partition in free:
-            if len(mine) >= share and partition not in orphans:
-                continue
-            started = time.monotonic()
-            if await self.leases.claim(partition):
-                await self._take_over(partition, started + ttl - margin)
-                mine.add(partition)
-        if not self.ready.is_set() and self._client is not None:
-            self.ready.set()
-
-    async def _take_over(self, partition: int, deadline: float) -> None:
-        """Own ``partition``: load its cache, replay its buffer after the last checkpoint."""
-        await self.cache.load(partition)
-        checkpoint = await self.leases.checkpoint(partition)
-        prints = checkpoint[1] if checkpoint else None
-        replayed = 0
-        while True:
-            batch = self.table.take_over(partition, prints)
-            prints = None
-            if not batch:
-                break
-            for received in batch:
-                await self._route(partition, received)
-            replayed += len(batch)
-        self.table.extend(partition, deadline)  # no await since the buffer was found empty
-        if replayed:
-            logger.info("took partition %d over; replayed %d messages", partition, replayed)
-        await self.deliver_cached()
-
-    async def _checkpoint_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.checkpoint_every)
-            items = list(self.table.checkpoints())
-            try:
-                await self.leases.save_checkpoints(items)
-            except (RedisError, OSError) as exc:
-                logger.warning("cannot save checkpoints: %s", exc)
 
     async def _listen(self) -> None:
         """Apply registry changes and invalidations announced by any communicator or strategy."""

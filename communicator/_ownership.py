@@ -1,0 +1,108 @@
+"""Which partitions this communicator routes: leases, take-overs and checkpoints.
+
+See :mod:`communicator._partitions` for the table and docs/protocol.md §7 for
+the guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+from communicator._leases import Leases
+
+if TYPE_CHECKING:
+    from communicator._router import Router
+
+logger = logging.getLogger(__name__)
+
+
+class Ownership:
+    """The partition loops of one router."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._free_last_round: set[int] = set()
+
+    async def lease_loop(self) -> None:
+        """Renew our leases and claim free partitions, every ``renew_every`` seconds."""
+        r = self._router
+        config = r.config
+        margin = config.renew_every
+        while True:
+            try:
+                await self.lease_round(margin)
+            except (RedisError, OSError) as exc:
+                logger.warning(
+                    "cannot renew partition leases (%s); routing pauses when they lapse", exc
+                )
+            await asyncio.sleep(config.renew_every)
+
+    async def lease_round(self, margin: float) -> None:
+        """One round: renew, drop lost leases, claim our share and any orphaned partition."""
+        r = self._router
+        ttl = r.config.lease_ttl
+        owned = r.table.owned()
+        started = time.monotonic()
+        for partition, ok in zip(owned, await r.leases.renew(owned), strict=True):
+            if ok:
+                r.table.extend(partition, started + ttl - margin)
+            else:
+                logger.warning("lost the lease of partition %d", partition)
+                r.table.drop(partition)
+                r.cache.forget(partition)
+        live = await r.leases.heartbeat(time.time(), stale_after=ttl)
+        share = Leases.share(r.table.count, live)
+        mine = set(r.table.owned())
+        owners = await r.leases.owners(r.table.count)
+        free = [p for p in range(r.table.count) if p not in owners and p not in mine]
+        random.shuffle(free)
+        # Claim our share of the free partitions; and any left free a whole round, whatever
+        # our share, so that nothing waits on a peer that is late or gone.
+        orphans = set(free) & self._free_last_round
+        self._free_last_round = set(free)
+        for partition in free:
+            if len(mine) >= share and partition not in orphans:
+                continue
+            started = time.monotonic()
+            if await r.leases.claim(partition):
+                await self.take_over(partition, started + ttl - margin)
+                mine.add(partition)
+        if not r.ready.is_set() and r.connected:
+            r.ready.set()
+
+    async def take_over(self, partition: int, deadline: float) -> None:
+        """Own ``partition``: load its cache, replay its buffer after the last checkpoint."""
+        r = self._router
+        await r.cache.load(partition)
+        checkpoint = await r.leases.checkpoint(partition)
+        prints = checkpoint[1] if checkpoint else None
+        replayed = 0
+        while True:
+            batch = r.table.take_over(partition, prints)
+            prints = None
+            if not batch:
+                break
+            for received in batch:
+                await r.route(partition, received)
+            replayed += len(batch)
+        r.table.extend(partition, deadline)  # no await since the buffer was found empty
+        if replayed:
+            logger.info("took partition %d over; replayed %d messages", partition, replayed)
+        await r.deliver_cached()
+
+    async def checkpoint_loop(self) -> None:
+        """Record our progress in each partition we route, every ``checkpoint_every`` seconds."""
+        r = self._router
+        while True:
+            await asyncio.sleep(r.config.checkpoint_every)
+            items = list(r.table.checkpoints())
+            try:
+                await r.leases.save_checkpoints(items)
+            except (RedisError, OSError) as exc:
+                logger.warning("cannot save checkpoints: %s", exc)
