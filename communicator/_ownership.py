@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from communicator._backoff import being_cancelled
 from communicator._leases import Leases
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class Ownership:
             try:
                 await self.lease_round(margin)
             except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 logger.warning(
                     "cannot renew partition leases (%s); routing pauses when they lapse", exc
                 )
@@ -105,4 +108,6 @@ class Ownership:
             try:
                 await r.leases.save_checkpoints(items)
             except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 logger.warning("cannot save checkpoints: %s", exc)

@@ -148,8 +148,16 @@ class Router:
                 # Stop publishing, and let paho's scheduled writes run before its socket closes.
                 self._client = None
                 await asyncio.sleep(0.05)
-                for task in [mqtt, *background]:
-                    task.cancel()
+                # Libraries sometimes turn a cancellation into their own error, which a
+                # loop then handles: cancel again until every task has ended.
+                tasks_left = [mqtt, *background]
+                for _ in range(100):
+                    for task in tasks_left:
+                        task.cancel()
+                    await asyncio.wait(tasks_left, timeout=0.1)
+                    tasks_left = [task for task in tasks_left if not task.done()]
+                    if not tasks_left:
+                        break
         finally:
             await self._hand_over()
 
@@ -266,6 +274,8 @@ class Router:
             try:
                 await self.dispatch(partition, received.client_id, message)
             except (RedisError, OSError) as exc:  # Redis away: routing goes on, bookkeeping waits
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 logger.warning("Redis error while handling %s: %s", message.command, exc)
             except Exception:  # a bug must cost one message, never the daemon
                 logger.exception("failed to route %s from %s", message.command, received.client_id)
@@ -500,6 +510,8 @@ class Router:
                         if item["type"] == "message":
                             await self._on_change(item["channel"], item["data"])
             except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 attempt += 1
                 logger.warning("lost the change feed (%s); resubscribing", exc)
                 await asyncio.sleep(backoff_delay(attempt))
@@ -540,6 +552,8 @@ class Router:
                         if item.report:
                             await self._report(item.sender, item.message, "failed", "ttl passed")
             except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 logger.warning("housekeeping postponed: %s", exc)
 
     async def _flush(self) -> None:
