@@ -118,7 +118,7 @@ async def test_sentinel_unknown_master(sentinel: int) -> None:
     """A master name the Sentinel does not know gives a BackendError naming the fix."""
     url = f"redis+sentinel://127.0.0.1:{sentinel}/nosuchmaster"
     with pytest.raises(BackendError, match="check the master name in DEPLOYCTL_REDIS_URL"):
-        await connect_redis(settings_for(url, connect_timeout=0.5))
+        await connect_redis(settings_for(url, connect_timeout=5))
 
 
 async def test_wrong_password(password_redis: int) -> None:
