@@ -111,7 +111,7 @@ def mqtt_client(
     return aiomqtt.Client(address.host, address.port, **options)
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext:
+def tls_context(settings: Settings) -> ssl.SSLContext:
     """The TLS checks ``mqtt_client`` asks paho for, as a context (reads files: blocking)."""
     context = ssl.create_default_context(
         cafile=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None
@@ -131,7 +131,7 @@ async def _check_tls(settings: Settings, address: MqttAddress) -> None:
     finds TLS problems with asyncio first.
     """
     try:
-        context = await asyncio.to_thread(_tls_context, settings)
+        context = await asyncio.to_thread(tls_context, settings)
     except OSError as exc:  # ssl.SSLError too: a file that is not PEM
         raise BackendError(
             f"cannot load the MQTT TLS files ({exc}); fix DEPLOYCTL_MQTT_TLS_CA, "

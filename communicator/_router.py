@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiomqtt
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -32,9 +31,10 @@ from communicator._directory import Directory, Instance, Verdict
 from communicator._errors import MessageError
 from communicator._keys import Keys
 from communicator._leases import Leases
+from communicator._link import BrokerLink, LinkError
 from communicator._measures import Measurements
 from communicator._message import ALL_SERVERS, Message
-from communicator._mqtt import mqtt_client
+from communicator._mqtt import broker_address, tls_context
 from communicator._ownership import Ownership
 from communicator._partitions import PartitionTable, Received, fingerprint
 from communicator._passwords import PasswordStore
@@ -48,6 +48,18 @@ from communicator._tracking import OutcomeTracker, Pending
 from communicator._validators import parse_duration
 
 logger = logging.getLogger(__name__)
+
+
+def _hint(exc: BaseException) -> str:
+    """What to fix, for a broker that refuses who we are."""
+    if isinstance(exc, LinkError) and exc.code in (4, 5):
+        return (
+            "; fix DEPLOYCTL_MQTT_USERNAME and DEPLOYCTL_MQTT_PASSWORD (or user:password in "
+            "DEPLOYCTL_MQTT_URL) to match the broker's password file"
+        )
+    if isinstance(exc, LinkError) and exc.code == 2:
+        return "; the broker's ACL must allow this communicator's client id"
+    return ""
 
 
 def _correlation(message: Message) -> dict[str, str]:
@@ -118,7 +130,7 @@ class Router:
         self.ownership = Ownership(self)
         self.shadow = Shadow(self)
         self.ready = asyncio.Event()  # set once connected and holding its share of partitions
-        self._client: aiomqtt.Client | None = None
+        self._link: BrokerLink | None = None
         self._in_prefix = self.topics.inbound("")
         self._stopping = asyncio.Event()
         self.connections = 0  # broker connections made so far (a will checks it did not change)
@@ -145,9 +157,7 @@ class Router:
                     tasks.create_task(self._housekeeping_loop(), name="router-housekeeping"),
                 ]
                 await self._stopping.wait()
-                # Stop publishing, and let paho's scheduled writes run before its socket closes.
-                self._client = None
-                await asyncio.sleep(0.05)
+                self._link = None  # stop publishing; closing the link sends what is queued
                 # Libraries sometimes turn a cancellation into their own error, which a
                 # loop then handles: cancel again until every task has ended.
                 tasks_left = [mqtt, *background]
@@ -179,39 +189,43 @@ class Router:
     # -- MQTT ---------------------------------------------------------------------------------
 
     async def _mqtt_loop(self) -> None:
+        address = broker_address(self.settings)
+        tls = await asyncio.to_thread(tls_context, self.settings) if address.tls else None
         attempt = 0
         while True:
             try:
                 # A clean session: a dead communicator's messages are replayed by its peers
                 # (docs/protocol.md §7), not queued by the broker for an id that never returns.
-                client = mqtt_client(self.settings, client_id=self.router_id, clean_session=True)
-                async with client:
-                    self._client = client
+                link = await BrokerLink.open(
+                    address.host,
+                    address.port,
+                    client_id=self.router_id,
+                    username=address.username,
+                    password=address.password,
+                    tls=tls,
+                    timeout=self.settings.connect_timeout,
+                )
+                async with link:
+                    self._link = link
                     self.connections += 1
-                    await client.subscribe(self.topics.inbound_all(), qos=0)
+                    await link.subscribe([(self.topics.inbound_all(), 0)])
                     attempt = 0
                     logger.info("router %s connected to the broker", self.router_id)
-                    paho = client._client
-                    async for message in client.messages:
-                        await self._on_mqtt(message)
-                        # While messages keep coming the loop never yields, and paho's writer
-                        # callback would not run: yield once, so what we queued goes out now.
-                        if paho.want_write():
-                            await asyncio.sleep(0)
-            except aiomqtt.MqttError as exc:
+                    async for message in link:
+                        await self._on_mqtt(message.topic, message.payload)
+            except (LinkError, OSError) as exc:
                 if being_cancelled() or self._stopping.is_set():
                     raise asyncio.CancelledError from exc
-                self._client = None
+                self._link = None
                 attempt += 1
                 delay = backoff_delay(attempt)
-                logger.warning("broker connection lost (%s); reconnecting in %.2fs", exc, delay)
+                hint = _hint(exc)
+                logger.warning(
+                    "broker connection lost (%s)%s; reconnecting in %.2fs", exc, hint, delay
+                )
                 await asyncio.sleep(delay)
 
-    async def _on_mqtt(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        payload = (
-            message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        )
+    async def _on_mqtt(self, topic: str, payload: bytes) -> None:
         client_id = topic[len(self._in_prefix) :]
         received = Received(client_id, payload, fingerprint(client_id, payload), time.monotonic())
         partition = self.table.partition(client_id)
@@ -221,31 +235,15 @@ class Router:
             self.table.hold(partition, received)
 
     async def publish(self, client_id: str, message: Message) -> None:
-        """Send ``message`` to the instance behind ``client_id`` (dropped if disconnected).
-
-        QoS 0 publishes go to paho directly: it queues them in order, and
-        aiomqtt's ``publish`` would await each one's hand-over to the socket (a
-        task and a timer per message), which cost about a third of the router's
-        CPU per message (bench/bench_routing.py).
-        """
-        client = self._client
-        if client is None:
+        """Send ``message`` to the instance behind ``client_id`` (dropped if disconnected)."""
+        link = self._link
+        if link is None or not link.publish(self.topics.outbound(client_id), encode(message)):
             logger.warning("not connected; dropped %s for %s", message.command, client_id)
-            return
-        paho = client._client  # aiomqtt's paho client: see the docstring
-        if not paho.is_connected():  # closing: paho would register a writer on a dead socket
-            logger.warning("disconnected; dropped %s for %s", message.command, client_id)
-            return
-        info = paho.publish(self.topics.outbound(client_id), encode(message), qos=0)
-        if info.rc != 0:
-            logger.warning(
-                "could not send %s to %s (paho rc %s)", message.command, client_id, info.rc
-            )
 
     @property
     def connected(self) -> bool:
         """Whether the router is connected to the broker now."""
-        return self._client is not None
+        return self._link is not None and self._link.connected
 
     async def reply(self, client_id: str, command: str, /, **parameters: str) -> None:
         """Send a message from the communicator itself to ``client_id``."""

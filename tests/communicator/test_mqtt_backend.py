@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
@@ -16,14 +14,10 @@ import pytest
 from communicator._errors import BackendError
 from communicator._mqtt import broker_address, broker_url, mqtt_client, wait_for_broker
 from communicator._settings import Settings
-from tests.conftest import Server, answers, free_port, launch_mosquitto
+from tests.communicator.conftest import needs_mosquitto
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-needs_mosquitto = pytest.mark.skipif(
-    not shutil.which("mosquitto") or not shutil.which("mosquitto_passwd"),
-    reason="mosquitto and mosquitto_passwd are not installed",
-)
 
 
 async def round_trip(settings: Settings, topic: str) -> bytes:
@@ -36,112 +30,6 @@ async def round_trip(settings: Settings, topic: str) -> bytes:
                 assert isinstance(message.payload, bytes)
                 return message.payload
     raise AssertionError("no message")
-
-
-@pytest.fixture
-def password_broker(spawn: Callable[..., Server], tmp_path: Path) -> int:
-    """Port of a Mosquitto that admits only alice, with password 'wonderland'."""
-    passwords = tmp_path / "passwd"
-    subprocess.run(
-        ["mosquitto_passwd", "-b", "-c", str(passwords), "alice", "wonderland"],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    config = tmp_path / "auth.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nuser root\npersistence false\n"
-        f"allow_anonymous false\npassword_file {passwords}\n"
-    )
-    spawn(
-        "mosquitto-auth", ["mosquitto", "-c", str(config)], ready=lambda: answers("127.0.0.1", port)
-    )
-    return port
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    """Run openssl quietly, failing the test on error."""
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    curve = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl(
-        "req",
-        "-x509",
-        *curve,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=test CA",
-        "-days",
-        "2",
-        cwd=folder,
-    )
-    openssl(
-        "req",
-        "-new",
-        *curve,
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-        cwd=folder,
-    )
-    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.cnf",
-        cwd=folder,
-    )
-    return folder
-
-
-@pytest.fixture
-def tls_broker(certificates: Path, tmp_path: Path) -> Iterator[Callable[[], int]]:
-    """Start a Mosquitto with a TLS listener; returns its port."""
-    servers: list[Server] = []
-
-    def start() -> int:
-        port = free_port()
-        servers.append(
-            launch_mosquitto(
-                "mosquitto-tls",
-                tmp_path,
-                port,
-                "allow_anonymous true",
-                f"cafile {certificates / 'ca.pem'}",
-                f"certfile {certificates / 'server.pem'}",
-                f"keyfile {certificates / 'server.key'}",
-            )
-        )
-        return port
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 async def test_round_trip(mqtt_url: str, topic_prefix: str) -> None:
