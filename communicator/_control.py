@@ -74,6 +74,7 @@ class Control:
     async def refresh(self, service: str, *, deliver: bool = True) -> None:
         """Re-read one service from the registry, then deliver what its cache can now take."""
         router = self._router
+        since = router.directory.mark()
         instances = await router.registry.instances(service)
         versions = await router.registry.versions(service)
         plan = await router.plans.get(service)
@@ -87,6 +88,7 @@ class Control:
             invalid_versions=[v.version for v in versions if not v.state.valid],
             plan=plan,
             defined_commands=commands,
+            since=since,
         )
         if deliver:
             await router.deliver_cached(service)
@@ -121,7 +123,7 @@ class Control:
             router.directory.add(_instance(InstanceInfo.model_validate(change["added"])))
             await router.deliver_cached(service)
         elif "removed" in change:
-            router.directory.remove(change["removed"])
+            router.directory.remove(change["removed"], service=service)
         else:
             await self.refresh(service)
 
@@ -238,6 +240,8 @@ class Control:
         name = instance.instance if instance else info.instance  # type: ignore[union-attr]
         version = instance.version if instance else info.version  # type: ignore[union-attr]
         server = instance.server if instance else info.server  # type: ignore[union-attr]
+        if instance is None:
+            router.directory.remove(client_id, service=service)  # a re-read may be under way
         await router.registry.unregister_instance(service, name)
         if failure:
             task = asyncio.create_task(

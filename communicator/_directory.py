@@ -4,18 +4,29 @@ Routing a message must not cost a Redis round trip, so each communicator keeps
 this directory: the registered instances, the invalid versions, the route plans
 and the commands each service accepts. It is refreshed per service from Redis
 whenever a change is announced. Everything here is pure and synchronous.
+
+A re-read takes several Redis round trips, during which this router may
+register, remove or invalidate something itself. Such local changes are kept
+in a short journal, and :meth:`Directory.replace_service` replays those made
+after the read began (``since=`` :meth:`Directory.mark`), so a slow re-read
+never undoes a newer change.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from communicator._plans import DEFAULT_PLAN, RoutePlan
+
+logger = logging.getLogger(__name__)
+JOURNAL_SIZE = 10_000  # local changes remembered; a re-read takes milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,17 @@ class Instance:
     client_id: str
     commands: frozenset[str]
     registered_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One local change to the directory, kept to replay after a slower re-read."""
+
+    serial: int
+    service: str
+    added: Instance | None = None
+    removed: str | None = None
+    invalid: tuple[str, bool] | None = None  # (version, now invalid)
 
 
 class Verdict(Enum):
@@ -55,11 +77,19 @@ class Directory:
         self._by_client: dict[str, Instance] = {}
         self._choices: dict[tuple[str, str, str], _Choice | Verdict] = {}
         self._rng = rng or random.Random()
+        self._serial = 0  # local changes so far
+        self._journal: deque[_Change] = deque(maxlen=JOURNAL_SIZE)
 
     # -- updates ------------------------------------------------------------------------------
 
-    def _changed(self) -> None:
+    def _changed(self, service: str, **change: Any) -> None:
         self._choices.clear()
+        self._serial += 1
+        self._journal.append(_Change(self._serial, service, **change))
+
+    def mark(self) -> int:
+        """Where the journal stands: pass it to :meth:`replace_service` as ``since``."""
+        return self._serial
 
     def replace_service(
         self,
@@ -69,8 +99,13 @@ class Directory:
         invalid_versions: Iterable[str],
         plan: RoutePlan | None,
         defined_commands: Iterable[str] = (),
+        since: int | None = None,
     ) -> None:
-        """Replace everything known about ``service`` with a fresh read from the registry."""
+        """Replace everything known about ``service`` with a fresh read from the registry.
+
+        ``since``: the :meth:`mark` taken before the read began; the local
+        changes made after it are applied again on top of the read.
+        """
         old = self._services.get(service)
         if old is not None:
             for client_id in old.instances:
@@ -81,9 +116,28 @@ class Directory:
             plan=plan or DEFAULT_PLAN,
             defined_commands=frozenset(defined_commands),
         )
+        if since is not None:
+            self._replay(entry, service, since)
         self._services[service] = entry
         self._by_client.update(entry.instances)
-        self._changed()
+        self._choices.clear()
+
+    def _replay(self, entry: _Service, service: str, since: int) -> None:
+        if self._journal and self._journal[0].serial > since + 1:
+            logger.warning("directory journal overflowed during a re-read of %s", service)
+        for change in self._journal:
+            if change.serial <= since or change.service != service:
+                continue
+            if change.added is not None:
+                entry.instances[change.added.client_id] = change.added
+            if change.removed is not None:
+                entry.instances.pop(change.removed, None)
+                self._by_client.pop(change.removed, None)
+            if change.invalid is not None:
+                version, invalid = change.invalid
+                versions = set(entry.invalid_versions)
+                (versions.add if invalid else versions.discard)(version)
+                entry.invalid_versions = frozenset(versions)
 
     def add(self, instance: Instance) -> None:
         """Add (or replace) one instance."""
@@ -91,14 +145,20 @@ class Directory:
         entry = self._services.setdefault(instance.service, _Service())
         entry.instances[instance.client_id] = instance
         self._by_client[instance.client_id] = instance
-        self._changed()
+        self._changed(instance.service, added=instance)
 
-    def remove(self, client_id: str) -> Instance | None:
-        """Remove the instance of ``client_id``; return it if it was there."""
+    def remove(self, client_id: str, *, service: str | None = None) -> Instance | None:
+        """Remove the instance of ``client_id``; return it if it was there.
+
+        ``service``: where it belongs when this directory may not have it yet
+        (a re-read in progress must not bring it back).
+        """
         instance = self._by_client.pop(client_id, None)
         if instance is not None:
             self._services[instance.service].instances.pop(client_id, None)
-            self._changed()
+            service = instance.service
+        if service is not None:
+            self._changed(service, removed=client_id)
         return instance
 
     def set_invalid(self, service: str, version: str, invalid: bool) -> None:
@@ -107,12 +167,12 @@ class Directory:
         versions = set(entry.invalid_versions)
         (versions.add if invalid else versions.discard)(version)
         entry.invalid_versions = frozenset(versions)
-        self._changed()
+        self._changed(service, invalid=(version, invalid))
 
     def set_plan(self, service: str, plan: RoutePlan | None) -> None:
         """Apply a new route plan (``None``: the default plan)."""
         self._services.setdefault(service, _Service()).plan = plan or DEFAULT_PLAN
-        self._changed()
+        self._choices.clear()
 
     # -- reads --------------------------------------------------------------------------------
 

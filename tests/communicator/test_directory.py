@@ -136,3 +136,46 @@ def test_a_shadow_version_never_gets_primary_traffic() -> None:
     plan = RoutePlan(mirrors=[Mirror(version="2")])
     d = directory(instance("a", "1"), instance("b", "2"), plan=plan)
     assert spread(d, 200) == Counter({"1": 200})
+
+
+def test_a_slow_re_read_does_not_undo_newer_local_changes() -> None:
+    """Changes made while a re-read was in flight survive the older read (the demo's race).
+
+    A canary that registered while a plan change was being re-read used to
+    vanish from the directory until the next change: no traffic at 20 %.
+    """
+    d = directory(instance("a1", "1.0"), instance("gone", "1.0"))
+    since = d.mark()  # the re-read starts: it reads Redis as it was here
+    d.add(instance("c1", "1.1"))  # ...meanwhile a canary registers
+    d.remove("gone")  # ...an instance leaves
+    d.remove("peer_1", service="orders")  # ...one we never had leaves (a peer's)
+    d.set_invalid("orders", "0.9", True)  # ...and a version is cut off
+    stale = [instance("a1", "1.0"), instance("gone", "1.0"), instance("peer_1", "1.0")]
+    d.replace_service("orders", instances=stale, invalid_versions=[], plan=None, since=since)
+    assert {i.client_id for i in d.instances("orders")} == {"a1", "c1"}
+    assert d.sender("gone") is None
+    assert d.sender("peer_1") is None
+    assert d.sender("c1") is not None
+    assert d.is_invalid("orders", "0.9")
+    assert spread(d)["1.1"] > 0
+
+
+def test_a_re_read_without_since_replaces_everything() -> None:
+    """At start (and after missed announcements) the read is the whole truth."""
+    d = directory(instance("a1", "1.0"))
+    d.add(instance("c1", "1.1"))
+    d.replace_service("orders", instances=[instance("a1", "1.0")], invalid_versions=[], plan=None)
+    assert [i.client_id for i in d.instances("orders")] == ["a1"]
+
+
+def test_changes_before_the_mark_and_to_other_services_are_not_replayed() -> None:
+    """Only this service's changes after the mark are applied again."""
+    d = directory(instance("a1", "1.0"))
+    d.add(instance("old", "1.0"))
+    since = d.mark()
+    d.add(instance("x1", "1.0", service="billing"))
+    d.replace_service(
+        "orders", instances=[instance("a1", "1.0")], invalid_versions=[], plan=None, since=since
+    )
+    assert [i.client_id for i in d.instances("orders")] == ["a1"]
+    assert [i.client_id for i in d.instances("billing")] == ["x1"]
