@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from communicator import Measurements, OutcomeKind
-from controller._analysis import VersionSample, judge
+from controller._analysis import VersionSample, judge, percentile
 from controller._playbook import Playbook
 from controller._rollout import Phase, Rollout, RolloutStore
 from strategies import CanaryStrategy
@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 #: Output kept from an exec step, per stream.
 EXEC_OUTPUT_LIMIT = 4096
 _FAILURES = [kind.value for kind in OutcomeKind if kind is not OutcomeKind.SUCCESS]
+#: Reply times the canary needs within the failure window before max_latency_p99 may trip.
+LATENCY_MIN_SAMPLES = 50
+#: Seconds between two reads of a canary's reply times (an XRANGE of up to 20,000 entries).
+LATENCY_CHECK_EVERY = 1.0
 
 
 class RolloutEngine:
@@ -39,6 +43,7 @@ class RolloutEngine:
         self._strategy = strategy
         self._measurements = measurements
         self._execs: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._latency_checked: dict[str, float] = {}  # rollout id -> when
 
     async def advance(self, rollout: Rollout, requests: list[str]) -> None:
         """Do what is due for ``rollout`` now, and save it."""
@@ -80,7 +85,7 @@ class RolloutEngine:
             sticky=playbook.sticky,
             reason=f"rollout {rollout.id} starting",
         )
-        rollout.step_started_at = rollout.progressed_at = now
+        rollout.started_at = rollout.step_started_at = rollout.progressed_at = now
         await self._transition(
             rollout,
             Phase.PROGRESSING,
@@ -103,6 +108,10 @@ class RolloutEngine:
                 {"invalidation": evidence},
             )
             return True
+        slow = await self._too_slow(rollout, playbook, now)
+        if slow is not None:
+            await self._abort(rollout, playbook, *slow)
+            return True
         deadline = playbook.rollback.progress_deadline
         if rollout.phase is not Phase.PAUSED and now - rollout.progressed_at > deadline:
             await self._abort(
@@ -114,6 +123,34 @@ class RolloutEngine:
             return True
         return False
 
+    async def _too_slow(
+        self, rollout: Rollout, playbook: Playbook, now: float
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The reason and evidence when the canary's p99 reply time is above the policy's limit."""
+        limit = playbook.rollback.max_latency_p99
+        if limit is None or now - self._latency_checked.get(rollout.id, 0.0) < LATENCY_CHECK_EVERY:
+            return None
+        self._latency_checked[rollout.id] = now
+        window = playbook.rollback.failure_window
+        since = max(now - window, rollout.started_at or rollout.created_at)
+        latencies = await self._measurements.latencies(rollout.service, rollout.canary, since=since)
+        if len(latencies) < LATENCY_MIN_SAMPLES:
+            return None
+        p99 = percentile(latencies, 0.99)
+        if p99 <= limit:
+            return None
+        evidence = {
+            "latency_p99": p99,
+            "max_latency_p99": limit,
+            "samples": len(latencies),
+            "window_seconds": now - since,
+        }
+        return (
+            f"canary p99 reply time {p99 * 1000:.0f} ms above the limit of {limit * 1000:.0f} ms "
+            f"({len(latencies)} replies in the last {now - since:.0f}s)",
+            {"latency": evidence},
+        )
+
     async def _abort(
         self,
         rollout: Rollout,
@@ -124,6 +161,7 @@ class RolloutEngine:
         task = self._execs.pop(rollout.id, None)
         if task is not None:
             task.cancel()
+        self._latency_checked.pop(rollout.id, None)
         await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
         await self._strategy.rollback(
             rollout.service,

@@ -63,6 +63,7 @@ class Rollout(BaseModel):
     weight: int = 0
     reason: str = "created"
     created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None  # when it (last) left Pending: a retry starts afresh
     step_started_at: float = Field(default_factory=time.time)
     progressed_at: float = Field(default_factory=time.time)
     step_data: dict[str, Any] = Field(default_factory=dict)  # per-step scratch (analysis baselines)

@@ -320,6 +320,49 @@ async def test_standby_controller_finishes_a_rollout_when_the_leader_dies(
     assert new_leader != leader
 
 
+SLOW_CANARY = """name: latency-guard
+description: Half the traffic, then a long pause that only the latency limit can cut short.
+strategy: canary
+steps:
+  - set_weight: 50
+  - pause: {duration: 5m}
+  - set_weight: 100
+rollback: {max_latency_p99: 100ms, failure_window: 30s}
+"""
+
+
+async def test_a_slow_canary_is_rolled_back_by_its_p99_limit(
+    fleet: Any, deployctl: Deployctl, redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """A canary answering in 300 ms, under a 100 ms p99 limit, is rolled back with the evidence."""
+    playbook = tmp_path / "latency.yaml"
+    playbook.write_text(SLOW_CANARY)
+    await shop_with_traffic(fleet, 0.0)
+    await fleet("shop", "1.1", "--commands", "ORDER", "--server", "canary_1", "--delay", "0.3")
+    started = time.monotonic()
+    code, rollout, err = await deployctl(
+        "canary",
+        "start",
+        "shop",
+        "--version",
+        "1.1",
+        "--playbook",
+        str(playbook),
+        "--wait",
+        "--json",
+    )
+    assert code == 1, err
+    assert rollout["phase"] == "Aborted"
+    assert "p99 reply time" in rollout["reason"]
+    assert "above the limit of 100 ms" in rollout["reason"]
+    assert time.monotonic() - started < 60  # not the 5 minute pause
+    _, history, _ = await deployctl("rollout", "history", "shop", "--json")
+    evidence = history[-1]["evidence"]["latency"]
+    assert evidence["latency_p99"] > 0.1
+    assert evidence["samples"] >= 50
+    assert not await Registry(redis=redis, keys=Keys(settings.key_prefix)).is_valid("shop", "1.1")
+
+
 async def test_invalid_playbook_is_refused_with_line_and_fix(
     deployctl: Deployctl, tmp_path: Path
 ) -> None:
