@@ -166,6 +166,13 @@ async def start_canary(fleet: Callable[..., Awaitable[ServiceProcess]], fail_rat
     )
 
 
+async def canary_start_and_wait(deployctl: Deployctl, playbook: str) -> tuple[int, Any, str]:
+    """``deployctl canary start shop --version 1.1 --playbook PLAYBOOK --wait --json``."""
+    return await deployctl(
+        "canary", "start", "shop", "--version", "1.1", "--playbook", playbook, "--wait", "--json"
+    )
+
+
 async def test_healthy_canary_is_promoted_through_every_step(
     fleet: Any, deployctl: Deployctl, redis: Redis, settings: Settings, tmp_path: Path
 ) -> None:
@@ -174,17 +181,7 @@ async def test_healthy_canary_is_promoted_through_every_step(
     playbook.write_text(FAST)
     await shop_with_traffic(fleet, 0.0)
     await start_canary(fleet, 0.0)
-    code, rollout, err = await deployctl(
-        "canary",
-        "start",
-        "shop",
-        "--version",
-        "1.1",
-        "--playbook",
-        str(playbook),
-        "--wait",
-        "--json",
-    )
+    code, rollout, err = await canary_start_and_wait(deployctl, str(playbook))
     assert code == 0, (rollout["reason"], rollout["verdicts"], err)
     assert rollout["phase"] == "Succeeded"
     assert rollout["stable"] == "1.0"
@@ -203,17 +200,7 @@ async def test_failing_canary_is_rolled_back_with_its_reason(
     """A canary failing half its requests is cut off and rolled back; the history says why."""
     await shop_with_traffic(fleet, 0.0)
     await start_canary(fleet, 0.5)
-    code, rollout, _ = await deployctl(
-        "canary",
-        "start",
-        "shop",
-        "--version",
-        "1.1",
-        "--playbook",
-        "canary-fast",
-        "--wait",
-        "--json",
-    )
+    code, rollout, _ = await canary_start_and_wait(deployctl, "canary-fast")
     assert code == 1
     assert rollout["phase"] == "Aborted"
     assert rollout["weight"] == 0
@@ -340,17 +327,7 @@ async def test_a_slow_canary_is_rolled_back_by_its_p99_limit(
     await shop_with_traffic(fleet, 0.0)
     await fleet("shop", "1.1", "--commands", "ORDER", "--server", "canary_1", "--delay", "0.3")
     started = time.monotonic()
-    code, rollout, err = await deployctl(
-        "canary",
-        "start",
-        "shop",
-        "--version",
-        "1.1",
-        "--playbook",
-        str(playbook),
-        "--wait",
-        "--json",
-    )
+    code, rollout, err = await canary_start_and_wait(deployctl, str(playbook))
     assert code == 1, err
     assert rollout["phase"] == "Aborted"
     assert "p99 reply time" in rollout["reason"]
