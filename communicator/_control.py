@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from communicator._backoff import backoff_delay, being_cancelled
 from communicator._directory import Instance
 from communicator._message import Message
 from communicator._outcomes import OutcomeKind
@@ -126,6 +127,40 @@ class Control:
             router.directory.remove(change["removed"], service=service)
         else:
             await self.refresh(service)
+
+    async def change_feed(self) -> None:
+        """Apply registry changes and invalidations announced by any communicator or strategy."""
+        router = self._router
+        attempt = 0
+        while True:
+            try:
+                async with router.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(router.keys.changes(), router.keys.events())
+                    if attempt:
+                        await self.load_directory()  # we may have missed changes
+                    attempt = 0
+                    async for item in pubsub.listen():
+                        if item["type"] == "message":
+                            await self._on_change(item["channel"], item["data"])
+            except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
+                attempt += 1
+                logger.warning("lost the change feed (%s); resubscribing", exc)
+                await asyncio.sleep(backoff_delay(attempt))
+
+    async def _on_change(self, channel: bytes, data: bytes) -> None:
+        router = self._router
+        if channel.decode() == router.keys.events():
+            event = json.loads(data)
+            kind = event.get("type")
+            if kind in ("version_invalidated", "version_reinstated"):
+                router.directory.set_invalid(
+                    event["service"], event["version"], kind == "version_invalidated"
+                )
+                await self.refresh(event["service"])
+            return
+        await self.apply(data.decode())
 
     # -- outcomes -----------------------------------------------------------------------------
 

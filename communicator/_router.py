@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -40,11 +39,12 @@ from communicator._partitions import PartitionTable, Received, fingerprint
 from communicator._passwords import PasswordStore
 from communicator._plans import PlanStore
 from communicator._registry import Registry
+from communicator._requests import Requests
 from communicator._services import ServiceDefinition
 from communicator._settings import Settings
 from communicator._shadow import Shadow, is_shadow_reply
 from communicator._topics import Topics
-from communicator._tracking import OutcomeTracker, Pending
+from communicator._tracking import OutcomeTracker
 from communicator._validators import parse_duration
 
 logger = logging.getLogger(__name__)
@@ -129,9 +129,11 @@ class Router:
         self.control = Control(self)
         self.ownership = Ownership(self)
         self.shadow = Shadow(self)
+        self.requests = Requests(self)
         self.ready = asyncio.Event()  # set once connected and holding its share of partitions
         self._link: BrokerLink | None = None
         self._in_prefix = self.topics.inbound("")
+        self._track_prefix = self.topics.tracking(0)[:-1]
         self._stopping = asyncio.Event()
         self.connections = 0  # broker connections made so far (a will checks it did not change)
         self.stats: dict[str, int] = {
@@ -153,7 +155,7 @@ class Router:
                 background = [
                     tasks.create_task(self.ownership.lease_loop(), name="router-leases"),
                     tasks.create_task(self.ownership.checkpoint_loop(), name="router-checkpoints"),
-                    tasks.create_task(self._listen(), name="router-changes"),
+                    tasks.create_task(self.control.change_feed(), name="router-changes"),
                     tasks.create_task(self._housekeeping_loop(), name="router-housekeeping"),
                 ]
                 await self._stopping.wait()
@@ -208,7 +210,9 @@ class Router:
                 async with link:
                     self._link = link
                     self.connections += 1
-                    await link.subscribe([(self.topics.inbound_all(), 0)])
+                    await link.subscribe(
+                        [(self.topics.inbound_all(), 0), (self.topics.tracking_all(), 0)]
+                    )
                     attempt = 0
                     logger.info("router %s connected to the broker", self.router_id)
                     async for message in link:
@@ -226,6 +230,11 @@ class Router:
                 await asyncio.sleep(delay)
 
     async def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        if not topic.startswith(self._in_prefix):
+            number = topic[len(self._track_prefix) :]
+            if topic.startswith(self._track_prefix) and number.isdigit():
+                await self.requests.take(int(number), payload)
+            return
         client_id = topic[len(self._in_prefix) :]
         received = Received(client_id, payload, fingerprint(client_id, payload), time.monotonic())
         partition = self.table.partition(client_id)
@@ -239,6 +248,11 @@ class Router:
         link = self._link
         if link is None or not link.publish(self.topics.outbound(client_id), encode(message)):
             logger.warning("not connected; dropped %s for %s", message.command, client_id)
+
+    def publish_raw(self, topic: str, payload: bytes) -> bool:
+        """Publish bytes on any topic (QoS 0); False when not connected."""
+        link = self._link
+        return link is not None and link.publish(topic, payload)
 
     @property
     def connected(self) -> bool:
@@ -314,13 +328,19 @@ class Router:
         if in_reply_to is not None and is_shadow_reply(in_reply_to):
             await self.shadow.on_reply(sender, in_reply_to, message)  # never delivered
             return
-        if in_reply_to is not None and await self._answer(sender, in_reply_to, message):
+        if in_reply_to is not None and await self.requests.on_reply(
+            partition, sender, in_reply_to, message
+        ):
             return
+        await self.route_by_address(partition, sender, message)
+
+    async def route_by_address(self, partition: int, sender: Instance, message: Message) -> None:
+        """Route by the message's address: broadcast, or one instance (cached if none is up)."""
         if message.is_broadcast:
             await self._broadcast(sender, message)
             return
-        if self.cache.waiting(partition, client_id, message.service):
-            await self._cache(partition, client_id, message)  # queue behind its elders
+        if self.cache.waiting(partition, sender.client_id, message.service):
+            await self._cache(partition, sender.client_id, message)  # queue behind its elders
             return
         await self._unicast(partition, sender, message)
 
@@ -347,52 +367,7 @@ class Router:
         """Send to one chosen instance and start watching the outcome."""
         await self.publish(target.client_id, message)
         self.stats["routed"] += 1
-        message_id = message.parameters.get("message_id")
-        if message_id is None:
-            self.tracker.delivered(target.service, target.version)
-            return
-        timeout = self.config.request_timeout
-        if "timeout" in message.parameters:
-            with contextlib.suppress(ValueError):
-                timeout = parse_duration(message.parameters["timeout"])
-        now = time.monotonic()
-        self.tracker.expect(
-            target.client_id,
-            message_id,
-            Pending(
-                requester,
-                target.service,
-                target.version,
-                target.instance,
-                target.server,
-                now,
-                now + timeout,
-            ),
-        )
-
-    async def _answer(self, replier: Instance, in_reply_to: str, message: Message) -> bool:
-        """Record the outcome of a reply; deliver it to its requester. False: route by address."""
-        answer = self.tracker.answer(
-            replier.client_id, in_reply_to, error=message.command == "ERROR"
-        )
-        if answer is None:
-            return False
-        self.shadow.primary_reply(answer.pending.requester, in_reply_to, message)
-        if message.command == "ERROR":
-            await self.control.record(
-                replier.service,
-                replier.version,
-                "error_reply",
-                reason=message.parameters.get("reason", ""),
-                instance=replier.instance,
-                server=replier.server,
-            )
-        requester = self.directory.sender(answer.pending.requester)
-        if requester is None:
-            return False
-        await self.publish(requester.client_id, message)
-        self.stats["routed"] += 1
-        return True
+        self.requests.watch(target, message, requester=requester)
 
     async def _broadcast(self, sender: Instance, message: Message) -> None:
         service, server = message.service, message.server
@@ -494,44 +469,13 @@ class Router:
 
     # -- background loops ---------------------------------------------------------------------
 
-    async def _listen(self) -> None:
-        """Apply registry changes and invalidations announced by any communicator or strategy."""
-        attempt = 0
-        while True:
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.keys.changes(), self.keys.events())
-                    if attempt:
-                        await self.control.load_directory()  # we may have missed changes
-                    attempt = 0
-                    async for item in pubsub.listen():
-                        if item["type"] == "message":
-                            await self._on_change(item["channel"], item["data"])
-            except (RedisError, OSError) as exc:
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                attempt += 1
-                logger.warning("lost the change feed (%s); resubscribing", exc)
-                await asyncio.sleep(backoff_delay(attempt))
-
-    async def _on_change(self, channel: bytes, data: bytes) -> None:
-        if channel.decode() == self.keys.events():
-            event = json.loads(data)
-            kind = event.get("type")
-            if kind in ("version_invalidated", "version_reinstated"):
-                self.directory.set_invalid(
-                    event["service"], event["version"], kind == "version_invalidated"
-                )
-                await self.control.refresh(event["service"])
-            return
-        await self.control.apply(data.decode())
-
     async def _housekeeping_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.flush_every)
             try:
                 await self._flush()
                 await self.shadow.housekeeping()
+                await self.requests.expire()
                 for pending in self.tracker.timed_out():
                     await self.control.record(
                         pending.service,

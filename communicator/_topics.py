@@ -32,6 +32,14 @@ class Topics:
         """Every instance's outbound topic (what a communicator's broker user may write)."""
         return f"{self.prefix}out/+"
 
+    def tracking(self, partition: int) -> str:
+        """Where communicators hand each other the requests whose reply the other will see."""
+        return f"{self.prefix}track/{partition}"
+
+    def tracking_all(self) -> str:
+        """Every partition's tracking topic (read and written by communicators only)."""
+        return f"{self.prefix}track/+"
+
     def acl_patterns(self) -> tuple[str, str]:
         """Mosquitto ``pattern`` lines confining each client to its own two topics."""
         return (f"pattern write {self.prefix}in/%c", f"pattern read {self.prefix}out/%c")

@@ -75,10 +75,12 @@ def render_acl(topics: Topics, options: BrokerOptions) -> str:
             "# Every client may publish only on its own in topic and read only its own out topic.",
             *topics.acl_patterns(),
             "",
-            "# The communicators read every instance's in topic and write every out topic.",
+            "# The communicators read every in topic, write every out topic, and hand each",
+            "# other the requests whose reply another one routes (track).",
             f"user {options.communicator_user}",
             f"topic read {topics.inbound_all()}",
             f"topic write {topics.outbound_all()}",
+            f"topic readwrite {topics.tracking_all()}",
             "",
         )
     )

@@ -188,3 +188,9 @@ async def test_broker_config_runs_in_mosquitto_and_isolates_clients(
             f"{inbound}alpha",
             b"REGISTER service=orders;version=1",
         )
+        # Communicators hand each other request watches; an instance cannot forge one.
+        track = f"{topic_prefix}track/"
+        await router.subscribe(f"{track}+", qos=1)
+        await alpha.publish(f"{track}3", b"forged", qos=1)
+        await router.publish(f"{track}3", b"[]", qos=1)
+        assert await first_message(router) == (f"{track}3", b"[]")

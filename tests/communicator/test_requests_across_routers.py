@@ -1,0 +1,172 @@
+"""Requests and replies routed by two different communicators are still judged.
+
+Two routers in this process share the partitions; the requester's partition
+belongs to one, the replier's to the other. Services are processes, on the
+real Redis and Mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from communicator import Settings
+from communicator._partitions import partition_of
+from communicator._router import Router
+from tests.communicator.fleet import ServiceProcess, running_router
+
+pytestmark = pytest.mark.integration
+Launch = Callable[..., Awaitable[ServiceProcess]]
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``condition`` until true, failing after 10 s."""
+    deadline = time.monotonic() + 10
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within 10 s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def routers(settings: Settings, redis: Redis) -> AsyncIterator[tuple[Router, Router]]:
+    """Two routers, each holding half of the partitions.
+
+    The first takes every partition; it hands half of them back (as a router
+    does when it stops), and the second, starting then, claims its share.
+    """
+    async with running_router(settings, redis, request_timeout=1.0) as first:
+        half = first.table.owned()[::2]
+        await first.leases.release(half)
+        for partition in half:
+            first.table.drop(partition)
+        async with running_router(settings, redis, request_timeout=1.0) as second:
+
+            async def shared() -> bool:
+                mine, theirs = set(first.table.owned()), set(second.table.owned())
+                return bool(mine and theirs) and len(mine | theirs) == 32
+
+            await eventually(shared, "both routers hold partitions")
+            yield first, second
+
+
+@pytest.fixture
+async def launch(settings: Settings) -> AsyncIterator[Launch]:
+    started: list[ServiceProcess] = []
+
+    async def start(owner: Router, service: str, version: str, *args: str) -> ServiceProcess:
+        """Start an instance whose client id falls in a partition ``owner`` holds."""
+        client_id = next(
+            cid
+            for n in itertools.count()
+            if owner.table.owns(partition_of(cid := f"{service}_{n}_{time.time_ns()}", 32))
+        )
+        process = await ServiceProcess.start(
+            settings, service, version, "--client-id", client_id, *args
+        )
+        started.append(process)
+        return process
+
+    yield start
+    await asyncio.gather(*(p.close() for p in started))
+
+
+async def test_replies_seen_by_the_other_router_count_as_successes_with_latencies(
+    routers: tuple[Router, Router], launch: Launch
+) -> None:
+    """The requester's router hands the watch over; the replier's counts successes and latency."""
+    first, second = routers
+    before = await first.measurements.totals("orders", "1.0")
+    await launch(second, "orders", "1.0", "--commands", "PLACE")
+    front = await launch(first, "front", "1.0")
+    for _ in range(10):
+        assert (await front.request("orders/PLACE"))["event"] == "reply"
+
+    async def measured() -> bool:
+        after = await first.measurements.totals("orders", "1.0")
+        latencies = await first.measurements.latencies("orders", "1.0", since=before.at)
+        return after.since(before).get("success") == 10 and len(latencies) == 10
+
+    await eventually(measured, "10 successes and 10 latencies")
+    latencies = await first.measurements.latencies("orders", "1.0", since=before.at)
+    assert all(0 < latency < 5 for latency in latencies)
+    assert first.requests.handed == 10
+    assert second.requests.taken == 10
+    assert len(first.tracker) == len(second.tracker) == 0  # nothing left waiting
+
+
+async def test_error_replies_and_timeouts_across_routers(
+    routers: tuple[Router, Router], launch: Launch
+) -> None:
+    """An ERROR reply and a request never answered are recorded by the replier's router."""
+    first, second = routers
+    await launch(second, "grumpy", "0.9", "--commands", "ASK", "--behaviour", "error")
+    await launch(second, "mute", "0.1", "--commands", "ASK", "--behaviour", "silent")
+    front = await launch(first, "front", "1.0")
+    assert "ERROR" in (await front.request("grumpy/ASK"))["error"]
+    assert "no reply" in (await front.request("mute/ASK", timeout=0.5))["error"]
+
+    async def recorded() -> bool:
+        kinds = {
+            (f.service, f.version, f.kind)
+            for service in ("grumpy", "mute")
+            for f in await first.registry.failures(service)
+        }
+        return kinds == {("grumpy", "0.9", "error_reply"), ("mute", "0.1", "timeout")}
+
+    await eventually(recorded, "error_reply and timeout recorded")
+    assert second.requests.taken == 2
+
+
+async def test_a_reply_that_overtakes_its_hand_off_waits_for_it(
+    routers: tuple[Router, Router], launch: Launch
+) -> None:
+    """A reply that comes before its hand-off is held, then judged and delivered when it comes."""
+    first, second = routers
+    await launch(second, "orders", "1.0", "--commands", "PLACE")
+    front = await launch(first, "front", "1.0")
+    before = await first.measurements.totals("orders", "1.0")
+    held: list[tuple[int, bytes]] = []
+    take = second.requests.take
+
+    async def late(partition: int, payload: bytes) -> None:
+        held.append((partition, payload))  # the hand-off is slow: keep it for now
+
+    second.requests.take = late  # type: ignore[method-assign]
+    await front.order(request="orders/PLACE", timeout=5)
+
+    async def reply_held() -> bool:
+        return len(held) == 1 and len(second.requests._orphans) == 1
+
+    await eventually(reply_held, "the reply held back")
+    second.requests.take = take  # type: ignore[method-assign]
+    await second.requests.take(*held[0])
+    assert second.requests.matched_late == 1
+    answer = await front._answer(5)
+    assert answer["event"] == "reply", answer
+    assert answer["message"]["parameters"]["by"] == "1.0"
+
+    async def measured() -> bool:
+        after = await first.measurements.totals("orders", "1.0")
+        return after.since(before).get("success") == 1
+
+    await eventually(measured, "1 success")
+
+
+async def test_a_held_reply_without_a_hand_off_is_routed_by_address(
+    routers: tuple[Router, Router], launch: Launch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply whose hand-off never comes is not lost: after a while it goes by its address."""
+    first, second = routers
+    monkeypatch.setattr("communicator._requests.ORPHAN_SECONDS", 0.3)
+    listener = await launch(first, "listener", "1.0", "--commands", "NOTE")
+    talker = await launch(second, "talker", "1.0")
+    # A reply to a request this router never saw (nor will hear of): in_reply_to, no hand-off.
+    await talker.send("listener/NOTE in_reply_to=nobody_asked")
+    event = await listener.expect("received", timeout=5)
+    assert event["message"]["command"] == "NOTE"
