@@ -5,7 +5,7 @@ and ``help_uri``. :class:`CompiledFlag` compiles a flag's targeting once;
 :func:`evaluate` then resolves it as flagd's in-process resolver would.
 """
 
-from flags._client import FlagClient
+from flags._client import FlagClient, FlagEvent
 from flags._errors import EXAMPLE_FLAG, FlagError
 from flags._evaluate import CompiledFlag, ErrorCode, FlagType, Reason, Resolution, evaluate
 from flags._keys import FlagKeys
@@ -25,6 +25,7 @@ __all__ = [
     "FlagClient",
     "FlagConflict",
     "FlagError",
+    "FlagEvent",
     "FlagKeys",
     "FlagPublisher",
     "FlagState",

@@ -4,6 +4,11 @@ It starts from a bootstrap file (flagd JSON) if given, then gets every flag
 from the broker (retained messages) and each change as it happens, compiling
 a flag once per change. Evaluation never touches the network: while the broker
 is away it serves the last known flags with reason ``STALE``.
+
+Listeners (:meth:`FlagClient.add_listener`) hear of each :class:`FlagEvent`:
+``ready`` once the broker's flags are in (again, after each reconnection),
+``changed`` with the keys of a change after that, and ``stale`` when the
+broker goes away. The OpenFeature provider turns them into provider events.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aiomqtt
 
@@ -28,6 +34,17 @@ from flags._model import Flag, flags_from_flagd_document
 from flags._topics import FlagTopics
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagEvent:
+    """A change in what a :class:`FlagClient` serves."""
+
+    kind: Literal["ready", "changed", "stale"]
+    keys: tuple[str, ...] = ()  # the flags that changed (``changed`` only)
+
+
+FlagListener = Callable[[FlagEvent], None]
 
 
 class FlagClient:
@@ -50,6 +67,8 @@ class FlagClient:
         self._task: asyncio.Task[None] | None = None
         self.updated = asyncio.Event()  # set (and cleared by whoever waits) on each change
         self.synced = asyncio.Event()  # the broker's flags arrived at least once
+        self._listeners: list[FlagListener] = []
+        self._in_sync = False  # the broker's flags are in, on this connection
 
     async def __aenter__(self) -> Self:
         if self._bootstrap is not None:
@@ -75,6 +94,21 @@ class FlagClient:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.synced.wait(), timeout)
         return self.synced.is_set()
+
+    def add_listener(self, listener: FlagListener) -> Callable[[], None]:
+        """Call ``listener`` (on the event loop) with each :class:`FlagEvent`; returns its remover.
+
+        A listener must not block; one that raises is logged and kept.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _emit(self, event: FlagEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("flags: a listener failed on %s", event.kind)
 
     # -- evaluation (never blocks) --------------------------------------------------------------
 
@@ -134,16 +168,24 @@ class FlagClient:
                         try:
                             message = await asyncio.wait_for(messages.__anext__(), 0.2)
                         except TimeoutError:
-                            self.synced.set()
+                            self._synced()
                             message = await messages.__anext__()
                         self._apply(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
-                self._connected = False
+                if self._connected:
+                    self._emit(FlagEvent("stale"))
+                self._connected = self._in_sync = False
                 attempt += 1
                 logger.warning("flags: broker unreachable (%s); serving the last known flags", exc)
                 await asyncio.sleep(backoff_delay(attempt))
+
+    def _synced(self) -> None:
+        self.synced.set()
+        if not self._in_sync:
+            self._in_sync = True
+            self._emit(FlagEvent("ready"))
 
     def _apply(self, topic: str, payload: Any) -> None:
         key = topic.rsplit("/", 1)[-1]
@@ -162,3 +204,5 @@ class FlagClient:
                 logger.warning("flags: ignored an unreadable update of %s: %s", key, exc)
                 return
         self.updated.set()
+        if self._in_sync:
+            self._emit(FlagEvent("changed", (key,)))

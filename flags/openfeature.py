@@ -18,21 +18,26 @@ one from deployctl's :class:`~flags.Resolution`: value, variant, reason
 flag's metadata with ``help`` and ``help_uri`` (and owner, tags, expires …) in
 ``flag_metadata``, so whoever sees a flag misbehave also sees what to do.
 
+Provider events follow the client: ``PROVIDER_READY`` when the broker's flags
+are in (again), ``PROVIDER_CONFIGURATION_CHANGED`` with ``flags_changed`` on
+each change, ``PROVIDER_STALE`` when the broker goes away.
+
 This module needs the ``openfeature-sdk`` package; the rest of :mod:`flags` does not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEventDetails
 from openfeature.exception import ErrorCode as OpenFeatureErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
 from openfeature.flag_evaluation import Reason as OpenFeatureReason
 from openfeature.provider import AbstractProvider, Metadata
 
-from flags._client import FlagClient
+from flags._client import FlagClient, FlagEvent
 from flags._evaluate import ErrorCode, FlagType, Reason, Resolution
 
 __all__ = ["PROVIDER_NAME", "DeployctlProvider"]
@@ -86,6 +91,30 @@ class DeployctlProvider(AbstractProvider):
     def __init__(self, client: FlagClient) -> None:
         super().__init__()
         self.client = client
+        self._stop_listening: Callable[[], None] | None = None
+
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        """Follow the client's events (OpenFeature calls this when the provider is set)."""
+        if self._stop_listening is None:
+            self._stop_listening = self.client.add_listener(self._on_event)
+
+    def shutdown(self) -> None:
+        """Stop following the client (the client itself keeps running: it is the caller's)."""
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
+
+    def _on_event(self, event: FlagEvent) -> None:
+        if event.kind == "ready":
+            self.emit_provider_ready(ProviderEventDetails())
+        elif event.kind == "changed":
+            self.emit_provider_configuration_changed(
+                ProviderEventDetails(flags_changed=list(event.keys))
+            )
+        else:
+            self.emit_provider_stale(
+                ProviderEventDetails(message="broker unreachable: serving the last known flags")
+            )
 
     def get_metadata(self) -> Metadata:
         """The provider's name, ``deployctl``."""

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ from flags._keys import FlagKeys
 from flags._publisher import FlagPublisher
 from flags._store import FlagStore
 from tests.communicator.fleet import ROOT, environment
-from tests.conftest import Server, free_port, launch_mosquitto
+from tests.conftest import free_port
+from tests.flags.conftest import OwnFlagBroker
 
 pytestmark = pytest.mark.integration
 
@@ -36,17 +35,6 @@ def a_flag(**changes: Any) -> Flag:
             **changes,
         }
     )
-
-
-@pytest.fixture
-async def publisher(settings: Settings, redis: Redis) -> AsyncIterator[FlagPublisher]:
-    publisher = FlagPublisher(settings=settings, redis=redis)
-    task = asyncio.create_task(publisher.run())
-    await asyncio.wait_for(publisher.synced.wait(), 10)
-    yield publisher
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def next_line(process: asyncio.subprocess.Process) -> dict[str, Any]:
@@ -96,46 +84,23 @@ async def test_a_change_reaches_two_sdk_processes(
             await sdk.wait()
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[tuple[int, Server]]:
-    port = free_port()
-    server = launch_mosquitto("flags-broker", tmp_path, port, "allow_anonymous true")
-    yield port, server
-    server.stop()
-
-
 async def test_sdk_serves_last_known_values_while_the_broker_is_away(
-    settings: Settings,
-    redis: Redis,
-    key_prefix: str,
-    own_broker: tuple[int, Server],
-    tmp_path: Path,
+    own_flag_broker: OwnFlagBroker,
 ) -> None:
     """With the broker out of reach evaluation goes on: the same value, reason STALE."""
-    port, broker = own_broker
-    settings = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{port}"})
-    store = FlagStore(redis=redis, keys=FlagKeys(key_prefix))
-    await store.put(a_flag(), who="test")
-    publisher = FlagPublisher(settings=settings, redis=redis)
-    task = asyncio.create_task(publisher.run())
-    try:
-        await asyncio.wait_for(publisher.synced.wait(), 10)
-        async with FlagClient(settings=settings) as client:
-            assert await client.wait_synced(10)
-            assert client.resolve("new-checkout", False).reason is Reason.STATIC
-            await asyncio.to_thread(broker.stop)
-            deadline = time.monotonic() + 10
-            while client.connected:
-                assert time.monotonic() < deadline, "the client never noticed the broker left"
-                await asyncio.sleep(0.05)
-            started = time.perf_counter()
-            resolution = client.resolve("new-checkout", False)
-            assert time.perf_counter() - started < 0.01  # never waits on the network
-            assert (resolution.value, resolution.reason) == (True, Reason.STALE)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await own_flag_broker.store.put(a_flag(), who="test")
+    async with FlagClient(settings=own_flag_broker.settings) as client:
+        assert await client.wait_synced(10)
+        assert client.resolve("new-checkout", False).reason is Reason.STATIC
+        await asyncio.to_thread(own_flag_broker.server.stop)
+        deadline = time.monotonic() + 10
+        while client.connected:
+            assert time.monotonic() < deadline, "the client never noticed the broker left"
+            await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        resolution = client.resolve("new-checkout", False)
+        assert time.perf_counter() - started < 0.01  # never waits on the network
+        assert (resolution.value, resolution.reason) == (True, Reason.STALE)
 
 
 async def test_bootstrap_file_serves_before_any_broker(settings: Settings, tmp_path: Path) -> None:

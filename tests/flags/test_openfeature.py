@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from openfeature import api
 from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import EventDetails, ProviderEvent
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 
 from communicator import Settings
-from flags import FlagClient
+from flags import Flag, FlagClient
 from flags.openfeature import PROVIDER_NAME, DeployctlProvider
+from tests.conftest import launch_mosquitto
+from tests.flags.conftest import OwnFlagBroker
 
 HELP = "Shows the new checkout; if orders fail, switch it off."
 HELP_URI = "https://wiki.example.com/flags/new-checkout"
@@ -139,3 +143,69 @@ async def test_offline_client_reports_stale(tmp_path: Path) -> None:
         finally:
             api.clear_providers()
     assert (details.value, details.variant, details.reason) == (False, "off", Reason.STALE)
+
+
+async def test_provider_events_follow_the_broker(
+    own_flag_broker: OwnFlagBroker, tmp_path: Path
+) -> None:
+    """READY once in sync, CONFIGURATION_CHANGED with the flag, STALE offline, READY back."""
+    store = own_flag_broker.store
+    await store.put(Flag.from_flagd("new-checkout", FLAGS["new-checkout"]), who="test")
+    loop = asyncio.get_running_loop()
+    heard: list[tuple[ProviderEvent, list[str]]] = []
+    news = asyncio.Event()
+
+    def record(kind: ProviderEvent, details: EventDetails) -> None:
+        heard.append((kind, details.flags_changed or []))
+        news.set()
+
+    def hearing(kind: ProviderEvent) -> Callable[[EventDetails], None]:
+        def handler(details: EventDetails) -> None:
+            # OpenFeature runs handlers in a worker thread: hand each event to our loop.
+            loop.call_soon_threadsafe(record, kind, details)
+
+        return handler
+
+    async def hear(kind: ProviderEvent, after: int) -> int:
+        """Wait for an event of ``kind`` heard after the first ``after``; its position."""
+        async with asyncio.timeout(15):
+            while True:
+                for n, (seen, _) in enumerate(heard[after:], after):
+                    if seen is kind:
+                        return n
+                news.clear()
+                await news.wait()
+
+    handlers = {
+        kind: hearing(kind)
+        for kind in (
+            ProviderEvent.PROVIDER_READY,
+            ProviderEvent.PROVIDER_CONFIGURATION_CHANGED,
+            ProviderEvent.PROVIDER_STALE,
+        )
+    }
+    try:
+        async with FlagClient(settings=own_flag_broker.settings) as flags:
+            api.set_provider(DeployctlProvider(flags))
+            for kind, handler in handlers.items():
+                api.add_handler(kind, handler)
+            assert await flags.wait_synced(5)
+            ready = await hear(ProviderEvent.PROVIDER_READY, 0)
+            on = {**FLAGS["new-checkout"], "defaultVariant": "on"}
+            await store.put(Flag.from_flagd("new-checkout", on), who="test", why="turn it on")
+            changed = await hear(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, ready)
+            assert heard[changed][1] == ["new-checkout"]
+            await asyncio.to_thread(own_flag_broker.server.stop)
+            stale = await hear(ProviderEvent.PROVIDER_STALE, changed)
+            details = api.get_client().get_boolean_details("new-checkout", False)
+            assert (details.value, details.reason) == (True, Reason.STALE)
+            port = own_flag_broker.port
+            again = launch_mosquitto("flags-broker-again", tmp_path, port, "allow_anonymous true")
+            try:
+                await hear(ProviderEvent.PROVIDER_READY, stale)
+            finally:
+                again.stop()
+    finally:
+        for kind, handler in handlers.items():
+            api.remove_handler(kind, handler)
+        api.clear_providers()
