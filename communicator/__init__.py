@@ -55,7 +55,7 @@ from communicator._passwords import (
     hash_password,
     verify_password,
 )
-from communicator._plans import Mirror, PlanStore, Pool, RoutePlan
+from communicator._plans import Mirror, PlanStore, Pool, RoutePlan, with_mirror
 from communicator._redis import EmbeddedRedis, connect_redis, redis_backend
 from communicator._registry import InstanceInfo, Registry
 from communicator._router import Router, RouterConfig
@@ -138,5 +138,6 @@ __all__ = [
     "redis_backend",
     "verify_password",
     "wait_for_broker",
+    "with_mirror",
     "write_password_file",
 ]

@@ -8,6 +8,7 @@ in proportion to its number of instances.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -44,6 +45,8 @@ class Mirror(BaseModel):
     max_inflight: int = Field(default=100, ge=1)
     """Copies in flight to this mirror beyond which new copies are dropped."""
     compare: bool = False
+    started_at: float | None = None
+    """When this mirroring began: reports count from here (``with_mirror`` sets it)."""
 
 
 class RoutePlan(BaseModel):
@@ -85,6 +88,21 @@ class RoutePlan(BaseModel):
 
 
 DEFAULT_PLAN = RoutePlan()
+
+
+def with_mirror(plan: RoutePlan, mirror: Mirror, *, reason: str) -> RoutePlan:
+    """``plan`` mirroring to ``mirror.version`` from now on, replacing any mirror to it.
+
+    The mirror is stamped with the time: its report starts afresh, so counts of
+    an earlier mirroring to the same version are never mixed in.
+    """
+    stamped = mirror.model_copy(update={"started_at": time.time()})
+    mirrors = [m for m in plan.mirrors if m.version != mirror.version] + [stamped]
+    return RoutePlan.model_validate(
+        plan.model_copy(
+            update={"mirrors": mirrors, "revision": plan.revision + 1, "reason": reason}
+        ).model_dump()
+    )
 
 
 class PlanStore:

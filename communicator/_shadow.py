@@ -93,6 +93,7 @@ class _Flight:
 
 @dataclass(slots=True)
 class _MirrorState:
+    session: float | None = None  # the mirror's started_at: a new one starts a new report
     counts: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     inflight: int = 0
@@ -128,7 +129,11 @@ class Shadow:
         self, mirror: Mirror, sender: Instance, message: Message, primary: Instance
     ) -> None:
         key = (message.service, mirror.version)
-        state = self._mirrors.setdefault(key, _MirrorState())
+        state = self._mirrors.get(key)
+        if state is None or state.session != mirror.started_at:
+            # A new mirroring: a new report. Copies still in flight keep counting as load.
+            inflight = state.inflight if state else 0
+            state = self._mirrors[key] = _MirrorState(mirror.started_at, inflight=inflight)
         self._dirty.add(key)
         state.counts["candidates"] += 1
         router = self._router
@@ -388,6 +393,7 @@ class Shadow:
             "service": key[0],
             "version": key[1],
             "router": self._router.router_id,
+            "session": state.session,
             "counts": {name: state.counts[name] for name in COUNTS},
             "outcomes": {name: state.outcomes[name] for name in OUTCOMES},
             "inflight": state.inflight,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from communicator import Mirror, PlanStore, Pool, RoutePlan
+from communicator import Mirror, PlanStore, Pool, RoutePlan, with_mirror
 from communicator._replies import text
 from communicator._shadow_compare import merge
 from controller._cli_registry import RegistryAccess, with_registry
@@ -42,13 +43,18 @@ async def _primary_pools(access: RegistryAccess, service: str, shadow: str) -> l
 
 
 async def read_reports(access: RegistryAccess, service: str) -> dict[str, dict[str, Any]]:
-    """Every mirror's report of ``service`` (shadow version -> merged report)."""
+    """Each shadow version's latest mirroring of ``service``, merged over the communicators."""
     raw = await access.redis.hgetall(access.keys.shadow_report(service))
     by_version: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for value in raw.values():
         data = json.loads(text(value))
         by_version[data["version"]].append(data)
-    return {version: merge(reports) for version, reports in sorted(by_version.items())}
+    reports = {}
+    for version, parts in sorted(by_version.items()):
+        latest = max(part.get("session") or 0.0 for part in parts)
+        current = [p for p in parts if (p.get("session") or 0.0) == latest]
+        reports[version] = {**merge(current), "since": latest or None}
+    return reports
 
 
 @shadow_app.command("start")
@@ -70,7 +76,6 @@ def start(
 
     async def action(access: RegistryAccess) -> RoutePlan:
         plan = await _plans(access).get(service) or RoutePlan()
-        pools = plan.pools
         if any(p.version == version and p.weight > 0 for p in plan.effective_pools()):
             fail(
                 f"{version} takes primary traffic of {service} in its route plan; a shadow "
@@ -90,15 +95,9 @@ def start(
         mirror = Mirror(
             version=version, percent=percent, max_inflight=max_inflight, compare=compare
         )
-        new = plan.model_copy(
-            update={
-                "pools": pools,
-                "mirrors": [m for m in plan.mirrors if m.version != version] + [mirror],
-                "revision": plan.revision + 1,
-                "reason": f"shadow {version} of {service}: {percent:g}% mirrored",
-            }
-        )
-        await _plans(access).set(service, RoutePlan.model_validate(new.model_dump()))
+        reason = f"shadow {version} of {service}: {percent:g}% mirrored"
+        new = with_mirror(plan, mirror, reason=reason)
+        await _plans(access).set(service, new)
         return new
 
     plan = with_registry(action, as_json=as_json)
@@ -226,8 +225,13 @@ def report(
     def render() -> None:
         for version, r in data["reports"].items():
             c, rates = r["counts"], r["drop_rates"]
+            since = (
+                f" (mirrored since {datetime.fromtimestamp(r['since']):%Y-%m-%d %H:%M:%S})"
+                if r["since"]
+                else ""
+            )
             console.print(
-                f"[bold]{escape(service)} → shadow {escape(version)}[/]: "
+                f"[bold]{escape(service)} → shadow {escape(version)}[/]{since}: "
                 f"{c['candidates']} candidates, {c['sent']} sent, "
                 f"{c['dropped_busy']} dropped busy ({rates['dropped_busy']:.1%}), "
                 f"{c['dropped_bound']} dropped at the bound ({rates['dropped_bound']:.1%}), "

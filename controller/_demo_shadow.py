@@ -39,6 +39,7 @@ from communicator import (
     RoutePlan,
     RouterConfig,
     Settings,
+    with_mirror,
 )
 from communicator._replies import text
 from communicator._shadow_compare import merge
@@ -235,16 +236,8 @@ async def run_shadow_demo(console: Console, settings: Settings | None = None) ->
         mirror = Mirror(version=SHADOW, percent=100, max_inflight=MAX_INFLIGHT, compare=True)
         plan = await plans.get(SERVICE) or RoutePlan()
         # What ``deployctl shadow start shop --version 2.0 --max-inflight 4 --compare`` writes.
-        await plans.set(
-            SERVICE,
-            plan.model_copy(
-                update={
-                    "mirrors": [mirror],
-                    "revision": plan.revision + 1,
-                    "reason": f"shadow {SHADOW} of {SERVICE}: 100% mirrored",
-                }
-            ),
-        )
+        reason = f"shadow {SHADOW} of {SERVICE}: 100% mirrored"
+        await plans.set(SERVICE, with_mirror(plan, mirror, reason=reason))
         console.print(
             f"fleet: {PRIMARIES} x {SERVICE} {STABLE} serving a front end at {RATE:.0f} orders/s; "
             f"{SERVICE} {SHADOW} mirrored 100 % (at most {MAX_INFLIGHT} copies in flight, "

@@ -9,7 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from communicator import InvalidationPolicy, Mirror, PlanStore, Pool, Registry, RoutePlan
+from communicator import (
+    InvalidationPolicy,
+    Mirror,
+    PlanStore,
+    Pool,
+    Registry,
+    RoutePlan,
+    with_mirror,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +65,8 @@ class CanaryStrategy:
         """Shadow: copy ``percent`` % of the messages to ``canary`` (its replies swallowed)."""
         plan = await self._plans.get(service) or RoutePlan()
         mirror = Mirror(version=canary, percent=percent, max_inflight=max_inflight, compare=compare)
-        mirrors = [m for m in plan.mirrors if m.version != canary] + [mirror]
-        await self._plans.set(
-            service,
-            plan.model_copy(
-                update={
-                    "mirrors": mirrors,
-                    "revision": plan.revision + 1,
-                    "reason": f"shadow {canary}: {percent:g}% mirrored",
-                }
-            ),
-        )
+        reason = f"shadow {canary}: {percent:g}% mirrored"
+        await self._plans.set(service, with_mirror(plan, mirror, reason=reason))
 
     async def clear_mirror(self, service: str, *, canary: str) -> None:
         """Stop copying messages to ``canary``."""

@@ -40,9 +40,9 @@ async def test_start_status_report_stop(start: Start, router: Router) -> None:
     shadow = await start("orders", "2", "--commands", "PLACE", "--tag", "new", "--by", "1")
     front = await start("front", "1")
     started = await cli("shadow", "start", "orders", "--version", "2", "--compare")
-    assert started["plan"]["mirrors"] == [
-        {"version": "2", "percent": 100.0, "max_inflight": 100, "compare": True}
-    ]
+    (mirror,) = started["plan"]["mirrors"]
+    assert time.time() - mirror.pop("started_at") < 10
+    assert mirror == {"version": "2", "percent": 100.0, "max_inflight": 100, "compare": True}
     await until(lambda: router.directory.plan("orders").mirrors, "the mirror in the plan")
     assert router.directory.plan("orders").pools == []  # the mirror's version is left out anyway
     for _ in range(4):
@@ -67,6 +67,20 @@ async def test_start_status_report_stop(start: Start, router: Router) -> None:
     assert stopped["stopped"] == ["2"]
     await until(lambda: not router.directory.plan("orders").mirrors, "the mirror's removal")
     await cli("shadow", "stop", "orders", code=1)
+    assert (await cli("shadow", "report", "orders"))["reports"]["2"]["compared"] == 4  # kept
+
+    # Mirroring again starts a new report: the first one's counts are not mixed in.
+    await cli("shadow", "start", "orders", "--version", "2")
+    await until(lambda: router.directory.plan("orders").mirrors, "the mirror in the plan")
+    assert (await front.request("orders/PLACE"))["event"] == "reply"
+    await shadow.expect("received")
+    deadline = time.monotonic() + 10
+    while True:
+        again = (await cli("shadow", "report", "orders"))["reports"]["2"]
+        if again["since"] > report["since"] and again["counts"]["sent"] == 1:
+            break
+        assert time.monotonic() < deadline, again
+    assert again["compared"] == 0
 
 
 async def test_start_refuses_a_version_taking_primary_traffic(router: Router) -> None:
