@@ -12,7 +12,7 @@ from controller import (
     _cli_alerts,
     _cli_broker,
     _cli_canary,
-    _cli_flags,
+    _cli_flag_runs,
     _cli_messages,
     _cli_playbook,
     _cli_rollouts,
@@ -46,7 +46,8 @@ app.command("rollouts")(_cli_rollouts.list_rollouts)
 app.add_typer(_cli_rollouts.rollout_app, name="rollout")
 app.command("status")(_cli_rollouts.status)
 app.add_typer(_cli_rollouts.controller_app, name="controller")
-app.add_typer(_cli_flags.app, name="flag")
+# The flag commands: _cli_flags' app, with the rollout commands _cli_flag_runs adds to it.
+app.add_typer(_cli_flag_runs.app, name="flag")
 app.command("up")(_cli_up.up)
 app.command("demo")(_cli_up.demo)
 app.add_typer(_cli_alerts.alerts_app, name="alerts")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,7 +93,7 @@ async def wait_for_end(
     with (
         Live(console=err_console, refresh_per_second=4, transient=False)
         if live and not as_json
-        else _Quiet() as view
+        else contextlib.nullcontext() as view
     ):
         while True:
             rollout = await store.get(service)
@@ -114,14 +115,6 @@ async def wait_for_end(
                 )
                 warned = True
             await asyncio.sleep(0.25)
-
-
-class _Quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 def _exit_for(rollout: Rollout) -> Exit:

@@ -13,14 +13,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from communicator import DefinitionError, Keys, Measurements
-from controller._cli_canary import resolve_playbook
 from controller._cli_registry import RegistryAccess, with_registry
 from controller._output import JSON_OPTION, Exit, console, emit, fail
 from flags import Flag, FlagError, FlagState, evaluate, flagd_document, flags_from_flagd_document
 from flags._keys import FlagKeys
 from flags._store import FlagStore, FlagStoreError, StoredFlag
-from strategies import FlagRollout
 
 app = typer.Typer(help="Feature flags: every one with help and a help URL.", no_args_is_help=True)
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the flag's history).")]
@@ -236,107 +233,6 @@ def set_default(
         return flag.model_copy(update={"default_variant": default})
 
     _change(key, change, reason, as_json)
-
-
-@app.command("rollout")
-def rollout(
-    key: Annotated[str, typer.Argument()],
-    percent: Annotated[
-        int | None, typer.Argument(min=0, max=100, help="Share of contexts served the variant.")
-    ] = None,
-    variant: Annotated[str, typer.Option(help="The variant rolled out.")] = "on",
-    playbook: Annotated[
-        str | None, typer.Option(help="A `strategy: flag` playbook (file or shipped name).")
-    ] = None,
-    service: Annotated[
-        str | None, typer.Option(help="With --playbook: the service whose failures are watched.")
-    ] = None,
-    reason: ReasonOption = "",
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """Serve VARIANT to PERCENT % of contexts; or by steps from a playbook, off if failures rise."""
-    if playbook is not None:
-        _rollout_playbook(key, playbook, service, as_json)
-        return
-    if percent is None:
-        fail("give PERCENT, or --playbook FILE --service SVC", as_json=as_json)
-
-    def change(flag: Flag) -> Flag:
-        rest = (
-            flag.default_variant
-            if flag.default_variant not in (None, variant)
-            else next((v for v in flag.variants if v != variant), None)
-        )
-        if variant not in flag.variants or rest is None:
-            raise FlagError(
-                flag.key, [f"rollout needs variant {variant!r} and another one to fall back on"]
-            )
-        rule = {"fractional": [[variant, percent], [rest, 100 - percent]]}
-        return flag.model_copy(update={"targeting": rule, "state": FlagState.ENABLED})
-
-    _change(key, change, reason or f"rollout of {variant} to {percent}%", as_json)
-
-
-def _rollout_playbook(key: str, name: str, service: str | None, as_json: bool) -> None:
-    """Run a flag playbook: each set_weight is a share, watched for the following pause."""
-    try:
-        chosen = resolve_playbook(name, None)
-    except DefinitionError as exc:
-        fail(str(exc), as_json=as_json)
-    if chosen.strategy != "flag" or service is None:
-        fail(
-            "--playbook needs a `strategy: flag` playbook, and --service SVC to watch",
-            as_json=as_json,
-        )
-    steps: list[tuple[int, float]] = []
-    for step in chosen.steps:
-        if step.kind == "set_weight":
-            steps.append((step.weight, 60.0))
-        elif step.kind == "pause" and steps:
-            steps[-1] = (steps[-1][0], step.duration or 60.0)
-    threshold = chosen.rollback.max_failure_rate
-
-    async def action(access: RegistryAccess) -> dict[str, Any]:
-        keys = Keys(access.settings.key_prefix)
-        strategy = FlagRollout(
-            store=_store(access),
-            registry=access.registry,
-            measurements=Measurements(redis=access.redis, keys=keys),
-        )
-        baseline = await strategy.baseline(service, 60.0)
-        for percentage, seconds in steps:
-            if not as_json:
-                console.print(
-                    f"{key}: {percentage}% for {seconds:g}s (baseline failure rate {baseline:.1%})"
-                )
-            result = await strategy.run(
-                key, service, [percentage], seconds, threshold, _who(), baseline_rate=baseline
-            )
-            if not result.completed:
-                return {
-                    "key": key,
-                    "completed": False,
-                    "percentage": result.percentage,
-                    "reason": result.reason,
-                }
-        return {
-            "key": key,
-            "completed": True,
-            "percentage": steps[-1][0] if steps else 0,
-            "reason": f"every step passed ({chosen.name})",
-        }
-
-    data = _run(action, as_json)
-    emit(
-        data,
-        as_json=as_json,
-        render=lambda: console.print(
-            f"{key}: {'rolled out' if data['completed'] else 'switched off'}: {data['reason']}",
-            markup=False,
-        ),
-    )
-    if not data["completed"]:
-        raise typer.Exit(int(Exit.NO))
 
 
 @app.command("eval")

@@ -2,9 +2,9 @@
 
 Leadership is a Redis key with a TTL, renewed while the leader lives; a
 standby takes it when it lapses and resumes every rollout from its state in
-Redis. The leader advances each active rollout on a short tick, and at once
-when something happens to it (an operator request, or the communicator
-invalidating its canary).
+Redis. The leader advances each active rollout (and each flag rollout by
+steps) on a short tick, and at once when something happens to it (an
+operator request, or the communicator invalidating its canary).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from redis.exceptions import RedisError
 from communicator import Keys, Measurements, PlanStore, Registry, Settings
 from controller._alerts import StatusFlagRaiser
 from controller._engine import RolloutEngine
+from controller._flag_runs import FlagRunEngine, FlagRunStore
 from controller._keys import ControllerKeys
 from controller._rollout import RolloutStore
+from flags import FlagKeys, FlagStore
 from flags._publisher import FlagPublisher
-from strategies import CanaryStrategy
+from strategies import CanaryStrategy, FlagRollout
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +63,22 @@ class Controller:
         communicator_keys = Keys(settings.key_prefix)
         self._events_channel = communicator_keys.events()
         registry = Registry(redis=redis, keys=communicator_keys)
+        measurements = Measurements(redis=redis, keys=communicator_keys)
         self.store = RolloutStore(redis=redis, keys=self.keys)
         self.engine = RolloutEngine(
             store=self.store,
             strategy=CanaryStrategy(
                 plans=PlanStore(redis=redis, keys=communicator_keys), registry=registry
             ),
-            measurements=Measurements(redis=redis, keys=communicator_keys),
+            measurements=measurements,
+        )
+        self.flag_runs = FlagRunEngine(
+            store=FlagRunStore(redis=redis, keys=self.keys),
+            strategy=FlagRollout(
+                store=FlagStore(redis=redis, keys=FlagKeys(settings.key_prefix)),
+                registry=registry,
+                measurements=measurements,
+            ),
         )
         self.alerts = StatusFlagRaiser(redis=redis, key_prefix=settings.key_prefix)
         self.flag_publisher = FlagPublisher(settings=settings, redis=redis)
@@ -153,6 +164,7 @@ class Controller:
             urgent, self._urgent = self._urgent, set()
             try:
                 await self.advance_all(first=urgent)
+                await self.flag_runs.advance_all()
             except (RedisError, OSError) as exc:
                 logger.warning("cannot advance rollouts now: %s", exc)
 

@@ -31,6 +31,14 @@ class ControllerKeys:
         """Pub/sub channel: a service name whenever its rollout needs the leader's attention."""
         return f"{self.prefix}rollout:wakeup"
 
+    def flag_run(self, key: str) -> str:
+        """String: the flag's current (or last) rollout by steps, as JSON."""
+        return f"{self.prefix}flag_run:{key}"
+
+    def flag_runs(self) -> str:
+        """Set: flags with a rollout record."""
+        return f"{self.prefix}flag_runs"
+
     def leader(self) -> str:
         """String with a TTL: the id of the controller that leads (renewed while it lives)."""
         return f"{self.prefix}controller:leader"

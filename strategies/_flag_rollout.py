@@ -173,6 +173,10 @@ class FlagRollout:
         self._registry = registry
         self._measurements = measurements
 
+    async def current(self, key: str) -> StoredFlag | None:
+        """The flag as stored now (``None``: there is none)."""
+        return await self._store.get(key)
+
     async def _get(self, key: str) -> StoredFlag:
         stored = await self._store.get(key)
         if stored is None:
@@ -295,16 +299,27 @@ class FlagRollout:
             ``True`` when the step is healthy (or inconclusive), ``False`` when
             the flag was switched off.
         """
-        reason = await self._failing(key, service, since, baseline_rate, threshold, min_outcomes)
+        reason = await self.failing(
+            key,
+            service,
+            since=since,
+            baseline_rate=baseline_rate,
+            threshold=threshold,
+            min_outcomes=min_outcomes,
+        )
         if reason is None:
             return True
         await self.switch_off(key, reason, who=who, off=off)
         return False
 
-    async def _failing(
-        self, key: str, service: str, since: ServiceReading, baseline_rate: float,
-        threshold: float, min_outcomes: int,
+    async def failing(
+        self, key: str, service: str, *, since: ServiceReading, baseline_rate: float,
+        threshold: float, min_outcomes: int = MIN_OUTCOMES,
     ) -> str | None:  # fmt: skip
+        """Why the service's failure rate since ``since`` is too high, or ``None`` if it is not.
+
+        Fewer than ``min_outcomes`` outcomes are inconclusive, and pass.
+        """
         now = await self.reading(service)
         step = now.since(since)
         if step.rate is None or step.outcomes < min_outcomes:
@@ -400,8 +415,13 @@ class FlagRollout:
             if on_step is not None:
                 await on_step(percentage)
             await asyncio.sleep(step_seconds)  # the step's observation window
-            failing = await self._failing(
-                key, service, since, baseline_rate, threshold, min_outcomes
+            failing = await self.failing(
+                key,
+                service,
+                since=since,
+                baseline_rate=baseline_rate,
+                threshold=threshold,
+                min_outcomes=min_outcomes,
             )
             if failing is not None:
                 failing = f"{failing} at {percentage}%"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import shutil
 import socket
@@ -19,9 +20,10 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -40,6 +42,31 @@ def answers(host: str, port: int, timeout: float = 0.3) -> bool:
             return True
     except OSError:
         return False
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0
+) -> None:
+    """Poll an async ``condition`` until it holds; after ``timeout``, fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def deployctl_json(*args: str, code: int = 0) -> Any:
+    """``deployctl ARGS --json`` in this process (in a thread): check the exit code, return JSON.
+
+    Use with the ``cli_env`` fixture, which points the CLI at the test's Redis.
+    """
+    from typer.testing import CliRunner
+
+    from controller._cli import app
+
+    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--json"])
+    assert result.exit_code == code, result.output
+    return json.loads(result.stdout)
 
 
 def free_port() -> int:
@@ -294,3 +321,10 @@ def settings(redis_url: str, mqtt_url: str, key_prefix: str, topic_prefix: str) 
         topic_prefix=topic_prefix,
         server_name="router_host",
     )
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process CLI (``deployctl_json``) uses this test's Redis and key space."""
+    monkeypatch.setenv("DEPLOYCTL_REDIS_URL", settings.redis_url or "")
+    monkeypatch.setenv("DEPLOYCTL_KEY_PREFIX", settings.key_prefix)

@@ -19,18 +19,10 @@ from communicator import Settings
 from communicator._partitions import partition_of
 from communicator._router import Router
 from tests.communicator.fleet import ServiceProcess, running_router
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 Launch = Callable[..., Awaitable[ServiceProcess]]
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``condition`` until true, failing after 10 s."""
-    deadline = time.monotonic() + 10
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within 10 s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from communicator import Pool, RoutePlan, Router, Settings
-from controller._cli import app
+from communicator import Pool, RoutePlan, Router
 from tests.communicator.conftest import Start
 from tests.communicator.test_shadow import until
+from tests.conftest import deployctl_json as cli
 
-pytestmark = pytest.mark.integration
-
-runner = CliRunner()
-
-
-async def cli(*args: str, code: int = 0) -> Any:
-    """Run ``deployctl ARGS --json`` in a thread; check the exit code, return the JSON."""
-    result = await asyncio.to_thread(runner.invoke, app, [*args, "--json"])
-    assert result.exit_code == code, result.output
-    return json.loads(result.stdout)
-
-
-@pytest.fixture(autouse=True)
-def _point_the_cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI uses this test's Redis and key space."""
-    monkeypatch.setenv("DEPLOYCTL_REDIS_URL", settings.redis_url or "")
-    monkeypatch.setenv("DEPLOYCTL_KEY_PREFIX", settings.key_prefix)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cli_env")]
 
 
 async def test_start_status_report_stop(start: Start, router: Router) -> None:

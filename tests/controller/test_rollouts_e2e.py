@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from communicator import Keys, PlanStore, Registry, Settings
 from controller._keys import ControllerKeys
 from tests.communicator.fleet import ROOT, ServiceProcess, environment
+from tests.conftest import eventually as wait_for
 
 # Several processes per test on 2 cores: allow more than the default 60 s.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -85,16 +86,6 @@ class Daemons:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 20
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
