@@ -7,6 +7,7 @@ the guarantees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -47,7 +48,14 @@ class Ownership:
             await asyncio.sleep(config.renew_every)
 
     async def lease_round(self, margin: float) -> None:
-        """One round: renew, drop lost leases, claim our share and any orphaned partition."""
+        """One round: renew, drop lost leases, claim our share and any orphaned partition.
+
+        Until it listens to every instance (subscribed), a communicator neither
+        counts as live nor claims anything: messages it did not hear would be lost.
+        Back from a lost broker connection, it waits ``lease_ttl`` before claiming.
+        Past its share, with nothing free, it hands the extra partitions to the
+        others (:meth:`shed`), so communicators started later share the work.
+        """
         r = self._router
         ttl = r.config.lease_ttl
         owned = r.table.owned()
@@ -59,6 +67,8 @@ class Ownership:
                 logger.warning("lost the lease of partition %d", partition)
                 r.table.drop(partition)
                 r.cache.forget(partition)
+        if not r.listening:
+            return
         live = await r.leases.heartbeat(time.time(), stale_after=ttl)
         share = Leases.share(r.table.count, live)
         mine = set(r.table.owned())
@@ -69,6 +79,10 @@ class Ownership:
         # our share, so that nothing waits on a peer that is late or gone.
         orphans = set(free) & self._free_last_round
         self._free_last_round = set(free)
+        if r.connections > 1 and time.monotonic() - r.listening_since < ttl:
+            # Back after losing the broker: peers heard what we missed, so they take our old
+            # partitions (free a whole round); we claim again once they had the time.
+            free = []
         for partition in free:
             if len(mine) >= share and partition not in orphans:
                 continue
@@ -76,8 +90,43 @@ class Ownership:
             if await r.leases.claim(partition):
                 await self.take_over(partition, started + ttl - margin)
                 mine.add(partition)
+        if not free:
+            for partition in sorted(mine, reverse=True)[: max(len(mine) - share, 0)]:
+                if partition != r.in_flight:  # checked right before: shed does not yield first
+                    await self.shed(partition)
         if not r.ready.is_set() and r.connected:
             r.ready.set()
+
+    async def shed(self, partition: int) -> None:
+        """Hand ``partition`` over: stop routing it, checkpoint, release its lease.
+
+        Called between two messages of it (never while one is routed), so the
+        checkpoint covers everything this communicator sent; the next owner
+        replays what came after it from its own buffer.
+        """
+        r = self._router
+        prints = r.table.release(partition)  # from here on, its messages are held, not routed
+        r.cache.forget(partition)
+        if prints:
+            await r.leases.save_checkpoints([(partition, prints)])
+        await r.leases.release([partition])
+        logger.info("handed partition %d over (more than our share)", partition)
+
+    async def shed_all(self) -> int:
+        """Hand every partition over (we stop, or lost the broker); how many there were.
+
+        Only between messages: at shutdown, or from the MQTT loop itself when its
+        connection dropped. If Redis fails meanwhile, the leases lapse in ``lease_ttl``.
+        """
+        r = self._router
+        owned = r.table.owned()
+        prints = [(partition, r.table.release(partition)) for partition in owned]
+        for partition in owned:
+            r.cache.forget(partition)
+        with contextlib.suppress(RedisError, OSError):
+            await r.leases.save_checkpoints([(p, fp) for p, fp in prints if fp])
+            await r.leases.release(owned)
+        return len(owned)
 
     async def take_over(self, partition: int, deadline: float) -> None:
         """Own ``partition``: load its cache, replay its buffer after the last checkpoint."""

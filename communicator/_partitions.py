@@ -84,6 +84,12 @@ class PartitionTable:
         part.recent.clear()
         part.dirty = False
 
+    def release(self, partition: int) -> list[int]:
+        """Stop routing ``partition`` at once; return its checkpoint (the last fingerprints)."""
+        prints = list(self._parts[partition].recent)
+        self.drop(partition)
+        return prints
+
     def hold(self, partition: int, message: Received) -> None:
         """Buffer a message of a partition we do not own, trimming by age and size."""
         buffer = self._parts[partition].buffer

@@ -136,6 +136,9 @@ class Router:
         self._track_prefix = self.topics.tracking(0)[:-1]
         self._stopping = asyncio.Event()
         self.connections = 0  # broker connections made so far (a will checks it did not change)
+        self.listening = False  # subscribed: every instance's messages reach us
+        self.listening_since = 0.0  # monotonic time of the last subscription
+        self.in_flight: int | None = None  # the partition of the message being routed
         self.stats: dict[str, int] = {
             "routed": 0,
             "invalid": 0,
@@ -178,15 +181,11 @@ class Router:
         self._stopping.set()
 
     async def _hand_over(self) -> None:
-        owned = self.table.owned()
+        released = await self.ownership.shed_all()
         with contextlib.suppress(RedisError, OSError):
-            await self.leases.save_checkpoints(
-                [(p, prints) for p, prints in self.table.checkpoints()]
-            )
-            await self.leases.release(owned)
             await self.leases.leave()
             await self._flush()
-        logger.info("router %s stopped; released %d partitions", self.router_id, len(owned))
+        logger.info("router %s stopped; released %d partitions", self.router_id, released)
 
     # -- MQTT ---------------------------------------------------------------------------------
 
@@ -213,14 +212,19 @@ class Router:
                     await link.subscribe(
                         [(self.topics.inbound_all(), 0), (self.topics.tracking_all(), 0)]
                     )
+                    self.listening, self.listening_since = True, time.monotonic()
                     attempt = 0
                     logger.info("router %s connected to the broker", self.router_id)
                     async for message in link:
                         await self._on_mqtt(message.topic, message.payload)
             except (LinkError, OSError) as exc:
+                self.listening = False
                 if being_cancelled() or self._stopping.is_set():
                     raise asyncio.CancelledError from exc
                 self._link = None
+                # Peers still connected heard what we are missing now: let them route it.
+                if released := await self.ownership.shed_all():
+                    logger.warning("handed %d partitions over while reconnecting", released)
                 attempt += 1
                 delay = backoff_delay(attempt)
                 hint = _hint(exc)
@@ -239,7 +243,11 @@ class Router:
         received = Received(client_id, payload, fingerprint(client_id, payload), time.monotonic())
         partition = self.table.partition(client_id)
         if self.table.owns(partition, received.at):
-            await self.route(partition, received)
+            self.in_flight = partition  # Ownership.shed never gives away a message mid-route
+            try:
+                await self.route(partition, received)
+            finally:
+                self.in_flight = None
         else:
             self.table.hold(partition, received)
 

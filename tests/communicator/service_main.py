@@ -99,10 +99,13 @@ async def main() -> None:
                 say("reply", message=answer.model_dump())
             except ClientError as exc:  # RequestFailed, or not connected
                 say("failed", error=str(exc))
-        elif "burst" in order:  # {"burst": "svc/CMD", "count": n}: numbered, as fast as possible
+        elif "burst" in order:  # {"burst": "svc/CMD", "count": n[, "rate": r]}: numbered
             glue = ";" if " " in order["burst"] else " "
+            pause = 1 / order["rate"] if order.get("rate") else 0.0  # else as fast as possible
             for seq in range(order["count"]):
                 await client.send(parse_line(f"{order['burst']}{glue}seq={seq}"))
+                if pause:
+                    await asyncio.sleep(pause)
             say("sent")
         elif "load" in order:  # {"load": "svc/CMD", "rate": n}: requests until stop_load
             load = asyncio.create_task(generate_load(client, order["load"], order["rate"], tally))

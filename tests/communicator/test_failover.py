@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -112,6 +113,95 @@ async def test_killed_communicator_keeps_order_and_loses_nothing(
         f"failover: {duplicates} duplicates, longest pause {gap:.2f}s, "
         f"killed at +{killed_at - arrivals[0]:.2f}s"
     )
+
+
+async def test_a_joining_communicator_takes_its_share_without_loss(
+    settings: Settings, redis: Redis
+) -> None:
+    """A second communicator started mid-stream gets half the partitions, the sender's among
+    them: every message arrives, in order, and routing hardly pauses."""
+    env, keys = environment(settings), Keys(settings.key_prefix)
+    command = (sys.executable, "-m", "communicator")
+    processes = [await asyncio.create_subprocess_exec(*command, env=env, cwd=ROOT)]
+    started: list[ServiceProcess] = []
+    try:
+
+        async def leased_by_one() -> bool:
+            owners = await redis.mget([keys.router_lease(p) for p in range(PARTITIONS)])
+            return all(owners) and len(set(owners)) == 1
+
+        await wait_until(leased_by_one, 20, "the first communicator holding every partition")
+        receiver = await start_service(
+            settings, started, "sink", "1", "--commands", "WORK", "--behaviour", "silent"
+        )
+        # The highest partitions are the ones handed over: put the sender in one of them.
+        sender_id = next(
+            cid for n in itertools.count() if partition_of(cid := f"source_{n}", PARTITIONS) >= 24
+        )
+        sender = await start_service(settings, started, "source", "1", "--client-id", sender_id)
+        count = 3000
+        await sender.order(burst="sink/WORK", count=count, rate=500)
+        events = [await receiver.expect("received") for _ in range(300)]
+        processes.append(await asyncio.create_subprocess_exec(*command, env=env, cwd=ROOT))
+        while len(events) < count:
+            events.append(await receiver.expect("received", timeout=15))
+        owners = await redis.mget([keys.router_lease(p) for p in range(PARTITIONS)])
+    finally:
+        await asyncio.gather(*(p.close() for p in started))
+        for process in processes:
+            process.terminate()
+            await process.wait()
+    seqs = [int(e["message"]["parameters"]["seq"]) for e in events]
+    assert set(seqs) == set(range(count)), "messages were lost"
+    first_seen = list(dict.fromkeys(seqs))
+    assert first_seen == sorted(first_seen), "order broken"
+    assert sorted(Counter(owners).values()) == [16, 16], "the partitions are not shared"
+    assert owners[partition_of(sender_id, PARTITIONS)] != owners[0], "the sender did not move"
+    arrivals = [e["at"] for e in events]
+    gap = max(later - earlier for earlier, later in itertools.pairwise(arrivals))
+    assert gap < 2.0, f"routing paused {gap:.2f}s during the hand-over"
+    print(f"join: {len(seqs) - count} duplicates, longest pause {gap:.2f}s")
+
+
+async def test_a_communicator_cut_off_from_the_broker_hands_its_work_over(
+    settings: Settings, redis: Redis
+) -> None:
+    """When one communicator's broker connection drops, its peer (which heard everything)
+    routes its partitions at once: nothing is lost while it reconnects, order holds."""
+    async with running_router(settings, redis) as first, running_router(settings, redis) as second:
+        await wait_until(
+            lambda: asyncio.sleep(0, len(first.table.owned()) == len(second.table.owned()) == 16),
+            20,
+            "16 partitions each",
+        )
+        started: list[ServiceProcess] = []
+        try:
+            receiver = await start_service(
+                settings, started, "sink", "1", "--commands", "WORK", "--behaviour", "silent"
+            )
+            sender_id = next(
+                cid
+                for n in itertools.count()
+                if first.table.owns(partition_of(cid := f"source_{n}", PARTITIONS))
+            )
+            sender = await start_service(settings, started, "source", "1", "--client-id", sender_id)
+            count = 2000
+            await sender.order(burst="sink/WORK", count=count, rate=500)
+            events = [await receiver.expect("received") for _ in range(200)]
+            assert first._link is not None
+            first._link.abort()  # the network between it and the broker fails
+            while len(events) < count:
+                events.append(await receiver.expect("received", timeout=15))
+        finally:
+            await asyncio.gather(*(p.close() for p in started))
+    seqs = [int(e["message"]["parameters"]["seq"]) for e in events]
+    assert set(seqs) == set(range(count)), "messages were lost"
+    first_seen = list(dict.fromkeys(seqs))
+    assert first_seen == sorted(first_seen), "order broken"
+    arrivals = [e["at"] for e in events]
+    gap = max(later - earlier for earlier, later in itertools.pairwise(arrivals))
+    assert gap < 2.0, f"routing paused {gap:.2f}s"
+    print(f"cut off: {len(seqs) - count} duplicates, longest pause {gap:.2f}s")
 
 
 class RestartableBroker:

@@ -27,24 +27,17 @@ Launch = Callable[..., Awaitable[ServiceProcess]]
 
 @pytest.fixture
 async def routers(settings: Settings, redis: Redis) -> AsyncIterator[tuple[Router, Router]]:
-    """Two routers, each holding half of the partitions.
+    """Two routers that split the partitions (the first hands half over to the second)."""
+    async with (
+        running_router(settings, redis, request_timeout=1.0) as first,
+        running_router(settings, redis, request_timeout=1.0) as second,
+    ):
 
-    The first takes every partition; it hands half of them back (as a router
-    does when it stops), and the second, starting then, claims its share.
-    """
-    async with running_router(settings, redis, request_timeout=1.0) as first:
-        half = first.table.owned()[::2]
-        await first.leases.release(half)
-        for partition in half:
-            first.table.drop(partition)
-        async with running_router(settings, redis, request_timeout=1.0) as second:
+        async def shared() -> bool:
+            return len(first.table.owned()) == len(second.table.owned()) == 16
 
-            async def shared() -> bool:
-                mine, theirs = set(first.table.owned()), set(second.table.owned())
-                return bool(mine and theirs) and len(mine | theirs) == 32
-
-            await eventually(shared, "both routers hold partitions")
-            yield first, second
+        await eventually(shared, "16 partitions each")
+        yield first, second
 
 
 @pytest.fixture
