@@ -42,6 +42,18 @@ class LinkError(ConnectionError):
         super().__init__(message)
         self.code = code
 
+    @property
+    def fix(self) -> str:
+        """What to change when the broker refuses who we are (empty otherwise)."""
+        if self.code in (4, 5):  # bad user name or password; not authorised
+            return (
+                "fix DEPLOYCTL_MQTT_USERNAME and DEPLOYCTL_MQTT_PASSWORD (or user:password in "
+                "DEPLOYCTL_MQTT_URL) to match the broker's password file"
+            )
+        if self.code == 2:
+            return "the broker's ACL must allow this communicator's client id"
+        return ""
+
 
 class BrokerLink(asyncio.Protocol):
     """One MQTT connection: ``publish`` QoS 0, ``async for`` over what arrives.

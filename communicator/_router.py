@@ -50,18 +50,6 @@ from communicator._validators import parse_duration
 logger = logging.getLogger(__name__)
 
 
-def _hint(exc: BaseException) -> str:
-    """What to fix, for a broker that refuses who we are."""
-    if isinstance(exc, LinkError) and exc.code in (4, 5):
-        return (
-            "; fix DEPLOYCTL_MQTT_USERNAME and DEPLOYCTL_MQTT_PASSWORD (or user:password in "
-            "DEPLOYCTL_MQTT_URL) to match the broker's password file"
-        )
-    if isinstance(exc, LinkError) and exc.code == 2:
-        return "; the broker's ACL must allow this communicator's client id"
-    return ""
-
-
 def _correlation(message: Message) -> dict[str, str]:
     """``in_reply_to`` for an answer from the router to a request, so the requester can match it."""
     message_id = message.parameters.get("message_id")
@@ -227,7 +215,7 @@ class Router:
                     logger.warning("handed %d partitions over while reconnecting", released)
                 attempt += 1
                 delay = backoff_delay(attempt)
-                hint = _hint(exc)
+                hint = f"; {exc.fix}" if isinstance(exc, LinkError) and exc.fix else ""
                 logger.warning(
                     "broker connection lost (%s)%s; reconnecting in %.2fs", exc, hint, delay
                 )
