@@ -114,6 +114,9 @@ class BrokerLink(asyncio.Protocol):
                 )
                 body = await link._reply(packets.CONNACK, 0)
                 _, code = packets.parse_connack(body)
+            except ProtocolError as exc:
+                link.abort()
+                raise LinkError(f"the broker's CONNACK is not MQTT 3.1.1: {exc}") from exc
             except BaseException:
                 link.abort()
                 raise

@@ -60,6 +60,27 @@ class _Orphan:
     message: Message
 
 
+_Watch = tuple[str, str, str, str, str, str, str, float, float]
+
+
+def _watch(entry: object) -> _Watch | None:
+    """One hand-off entry, checked; ``None`` when it is not one (garbage is only logged).
+
+    The fields: replier, message id, requester, service, version, instance,
+    server, sent and deadline (seconds since the epoch).
+    """
+    if not isinstance(entry, list) or len(entry) < 9:
+        return None
+    names = entry[:7]
+    if not all(isinstance(name, str) for name in names):
+        return None
+    try:
+        sent, deadline = float(entry[7]), float(entry[8])
+    except (TypeError, ValueError):
+        return None
+    return (*names, sent, deadline)
+
+
 class Requests:
     """Watches the requests a router delivers, and hands watches to (and takes them from) peers."""
 
@@ -174,16 +195,19 @@ class Requests:
         try:
             entries = json.loads(payload)
         except ValueError:
+            entries = None
+        if not isinstance(entries, list):
             logger.warning("unreadable request watches on partition %d: ignored", partition)
             return
         now_wall, now = time.time(), time.monotonic()
         for entry in entries:
-            try:
-                replier, message_id, requester, service, version, instance, server = entry[:7]
-                sent, deadline = float(entry[7]), float(entry[8])
-            except (TypeError, ValueError, IndexError):
+            watch = _watch(entry)
+            if watch is None:
                 logger.warning("malformed request watch %r: ignored", entry)
                 continue
+            replier, message_id, requester, service, version, instance, server, sent, deadline = (
+                watch
+            )
             pending = Pending(
                 requester,
                 service,

@@ -224,7 +224,8 @@ class Router:
     async def _on_mqtt(self, topic: str, payload: bytes) -> None:
         if not topic.startswith(self._in_prefix):
             number = topic[len(self._track_prefix) :]
-            if topic.startswith(self._track_prefix) and number.isdigit():
+            valid = topic.startswith(self._track_prefix) and number.isascii() and number.isdigit()
+            if valid and int(number) < self.table.count:
                 await self.requests.take(int(number), payload)
             return
         client_id = topic[len(self._in_prefix) :]

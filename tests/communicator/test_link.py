@@ -211,12 +211,15 @@ async def test_connect_carries_the_clean_session_and_keepalive(
 
 
 async def test_refused_and_silent_brokers(scripted: tuple[ScriptedBroker, int]) -> None:
-    """A refusal gives its code and reason; a broker that never answers CONNECT times out."""
+    """A refusal gives its code and reason; a bad CONNACK is a LinkError; silence times out."""
     broker, port = scripted
     broker.connack = b"\x20\x02\x00\x02"
     with pytest.raises(LinkError, match="identifier rejected") as refused:
         await BrokerLink.open("127.0.0.1", port, client_id="r")
     assert refused.value.code == 2
+    broker.connack = b"\x20\x03\x00\x00\x00"  # a CONNACK of three bytes
+    with pytest.raises(LinkError, match="CONNACK"):
+        await BrokerLink.open("127.0.0.1", port, client_id="r")
     broker.connack = b""
     started = time.monotonic()
     with pytest.raises(TimeoutError):

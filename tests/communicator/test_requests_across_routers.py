@@ -12,12 +12,14 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiomqtt
 import pytest
 from redis.asyncio import Redis
 
 from communicator import Settings
 from communicator._partitions import partition_of
 from communicator._router import Router
+from communicator._settings import parse_mqtt_url
 from tests.communicator.fleet import ServiceProcess, running_router
 from tests.conftest import eventually
 
@@ -155,3 +157,24 @@ async def test_a_held_reply_without_a_hand_off_is_routed_by_address(
     await talker.send("listener/NOTE in_reply_to=nobody_asked")
     event = await listener.expect("received", timeout=5)
     assert event["message"]["command"] == "NOTE"
+
+
+async def test_malformed_hand_offs_are_ignored(
+    routers: tuple[Router, Router], launch: Launch, settings: Settings
+) -> None:
+    """Garbage on the track topics (a partition out of range, not JSON, wrong shapes) is
+    logged and dropped; both routers keep routing requests."""
+    first, second = routers
+    address = parse_mqtt_url(settings.mqtt_url or "")
+    track = f"{settings.topic_prefix}track/"
+    async with aiomqtt.Client(address.host, address.port, identifier="forger") as forger:
+        for partition in range(32):
+            await forger.publish(f"{track}{partition}", b"not json", qos=1)
+            await forger.publish(f"{track}{partition}", b'{"a": 1}', qos=1)
+            await forger.publish(f"{track}{partition}", b'[7, "abcdefghij", [1, 2], {}]', qos=1)
+        await forger.publish(f"{track}99", b"[]", qos=1)
+        await forger.publish(f"{track}\u00b2", b"[]", qos=1)
+    await launch(second, "orders", "1.0", "--commands", "PLACE")
+    front = await launch(first, "front", "1.0")
+    assert (await front.request("orders/PLACE"))["event"] == "reply"
+    assert second.requests.taken == 1  # the real hand-off only
