@@ -55,7 +55,15 @@ from communicator._passwords import (
     hash_password,
     verify_password,
 )
-from communicator._plans import Mirror, PlanStore, Pool, RoutePlan, with_mirror
+from communicator._plans import (
+    Mirror,
+    PlanStore,
+    Pool,
+    RoutePlan,
+    routed_weights,
+    traffic_shares,
+    with_mirror,
+)
 from communicator._redis import EmbeddedRedis, connect_redis, redis_backend
 from communicator._registry import InstanceInfo, Registry
 from communicator._router import Router, RouterConfig
@@ -136,6 +144,8 @@ __all__ = [
     "parse_line",
     "parse_timestamp",
     "redis_backend",
+    "routed_weights",
+    "traffic_shares",
     "verify_password",
     "wait_for_broker",
     "with_mirror",

@@ -15,7 +15,6 @@ never undoes a newer change.
 from __future__ import annotations
 
 import logging
-import random
 import zlib
 from collections import defaultdict, deque
 from collections.abc import Iterable
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from communicator._plans import DEFAULT_PLAN, RoutePlan
+from communicator._plans import DEFAULT_PLAN, RoutePlan, routed_weights
 
 logger = logging.getLogger(__name__)
 JOURNAL_SIZE = 10_000  # local changes remembered; a re-read takes milliseconds
@@ -72,11 +71,10 @@ class _Service:
 class Directory:
     """Registered instances, invalid versions and route plans, with the routing decisions."""
 
-    def __init__(self, *, rng: random.Random | None = None) -> None:
+    def __init__(self) -> None:
         self._services: dict[str, _Service] = {}
         self._by_client: dict[str, Instance] = {}
         self._choices: dict[tuple[str, str, str], _Choice | Verdict] = {}
-        self._rng = rng or random.Random()
         self._serial = 0  # local changes so far
         self._journal: deque[_Change] = deque(maxlen=JOURNAL_SIZE)
 
@@ -211,7 +209,7 @@ class Directory:
             choice = self._choices[key] = self._prepare(service, command, server)
         if isinstance(choice, Verdict):
             return choice
-        return choice.pick(self._rng, sticky)
+        return choice.pick(sticky)
 
     def sticky_parameter(self, service: str) -> str | None:
         """The parameter the plan of ``service`` keeps users sticky on, if any."""
@@ -239,11 +237,8 @@ class Directory:
         by_version: dict[str, list[Instance]] = defaultdict(list)
         for instance in sorted(candidates, key=lambda i: i.client_id):
             by_version[instance.version].append(instance)
-        pools = [
-            (p.version, p.weight) for p in entry.plan.effective_pools() if p.version in by_version
-        ]
-        if not pools:  # no plan, or none of its versions is up: every valid version, per instance
-            pools = [(version, len(members)) for version, members in sorted(by_version.items())]
+        live = {version: len(members) for version, members in by_version.items()}
+        pools = routed_weights(entry.plan, live)
         return _Choice([(weight, by_version[version]) for version, weight in pools])
 
     def every(
@@ -280,27 +275,38 @@ class Directory:
 
 
 class _Choice:
-    """Weighted pools of instances, prepared once per (service, command, server)."""
+    """Weighted pools of instances, prepared once per (service, command, server).
 
-    __slots__ = ("_cursor", "_pools", "_total")
+    Without a sticky parameter the pools take turns by smooth weighted round
+    robin (as nginx does): over any run of messages each pool's count is
+    within one of its exact share, so the traffic matches the plan's weights
+    exactly rather than on average. Within a pool the instances take turns.
+    """
+
+    __slots__ = ("_credit", "_cursors", "_pools", "_total")
 
     def __init__(self, pools: list[tuple[int, list[Instance]]]) -> None:
-        self._pools = pools
-        self._total = sum(weight for weight, _ in pools)
-        self._cursor = 0
+        self._pools = [(weight, members) for weight, members in pools if weight > 0]
+        self._total = sum(weight for weight, _ in self._pools)
+        self._credit = [0] * len(self._pools)
+        self._cursors = [0] * len(self._pools)
 
-    def pick(self, rng: random.Random, sticky: str | None) -> Instance:
+    def pick(self, sticky: str | None) -> Instance:
         if sticky is not None:
             point = zlib.crc32(sticky.encode("utf-8", "surrogatepass"))
             members = self._members_at(point % self._total)
             return members[(point // self._total) % len(members)]
-        members = (
-            self._members_at(rng.randrange(self._total))
-            if len(self._pools) > 1
-            else self._pools[0][1]
-        )
-        self._cursor += 1
-        return members[self._cursor % len(members)]
+        chosen = 0
+        if len(self._pools) > 1:
+            credit = self._credit
+            for index, (weight, _) in enumerate(self._pools):
+                credit[index] += weight
+                if credit[index] > credit[chosen]:
+                    chosen = index
+            credit[chosen] -= self._total
+        members = self._pools[chosen][1]
+        self._cursors[chosen] += 1
+        return members[self._cursors[chosen] % len(members)]
 
     def _members_at(self, point: int) -> list[Instance]:
         for weight, members in self._pools:

@@ -9,6 +9,7 @@ in proportion to its number of instances.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -88,6 +89,31 @@ class RoutePlan(BaseModel):
 
 
 DEFAULT_PLAN = RoutePlan()
+
+
+def routed_weights(plan: RoutePlan, live: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The weights the router applies, given the versions that can take the traffic now.
+
+    ``live`` maps each version with at least one live, valid, non-shadow
+    instance to its number of instances. The plan's pools whose version is
+    live keep their weights; a pool with nothing live drops out and the others
+    share its traffic (renormalised). When none of the plan's pools is live,
+    every live version gets traffic in proportion to its instances.
+
+    This one function is what the router routes by and what ``deployctl``
+    shows as the effective weights, so the two cannot disagree.
+    """
+    pools = [(p.version, p.weight) for p in plan.effective_pools() if live.get(p.version, 0) > 0]
+    if pools:
+        return pools
+    return [(version, count) for version, count in sorted(live.items()) if count > 0]
+
+
+def traffic_shares(plan: RoutePlan, live: Mapping[str, int]) -> dict[str, float]:
+    """Each version's share of the traffic (0-1, summing to 1) under ``plan``; empty if none."""
+    weights = routed_weights(plan, live)
+    total = sum(weight for _, weight in weights)
+    return {version: weight / total for version, weight in weights} if total else {}
 
 
 def with_mirror(plan: RoutePlan, mirror: Mirror, *, reason: str) -> RoutePlan:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 from communicator._directory import Directory, Instance, Verdict
@@ -24,7 +23,7 @@ def instance(
 def directory(
     *instances: Instance, plan: RoutePlan | None = None, invalid: tuple[str, ...] = ()
 ) -> Directory:
-    d = Directory(rng=random.Random(7))
+    d = Directory()
     d.replace_service("orders", instances=instances, invalid_versions=invalid, plan=plan)
     return d
 
@@ -179,3 +178,26 @@ def test_changes_before_the_mark_and_to_other_services_are_not_replayed() -> Non
     )
     assert [i.client_id for i in d.instances("orders")] == ["a1"]
     assert [i.client_id for i in d.instances("billing")] == ["x1"]
+
+
+def test_weights_are_exact_over_any_run() -> None:
+    """Smooth weighted round robin: every prefix of the picks is within one of its share."""
+    plan = RoutePlan(pools=[Pool(version="1", weight=83), Pool(version="2", weight=17)])
+    d = directory(instance("a", "1"), instance("b", "2"), instance("c", "2"), plan=plan)
+    canary = 0
+    for n in range(1, 1001):
+        chosen = d.pick("orders", "PLACE")
+        assert isinstance(chosen, Instance)
+        canary += chosen.version == "2"
+        assert abs(canary - n * 0.17) <= 1, (n, canary)
+
+
+def test_a_pool_with_no_live_instance_is_renormalised_as_routed_weights_says() -> None:
+    """The router and `routed_weights` agree when the plan names a version with no instance."""
+    from communicator._plans import traffic_shares
+
+    plan = RoutePlan(pools=[Pool(version="1.0", weight=90), Pool(version="1.4", weight=10)])
+    d = directory(instance("a", "1.1"), instance("b", "1.4"), plan=plan)
+    picks = spread(d, 1000)
+    assert picks == Counter({"1.4": 1000})
+    assert traffic_shares(plan, {"1.1": 1, "1.4": 1}) == {"1.4": 1.0}
