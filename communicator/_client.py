@@ -99,7 +99,9 @@ class Client:
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
-        self.stopped = asyncio.Event()  # set on STOP or QUITTING
+        self.stopped = asyncio.Event()  # set on STOP, QUITTING, or a refusal for good
+        self.error: RegistrationRefused | None = None
+        """Why the client stopped by itself: the communicator refused its (re-)registration."""
         self.registrations = 0  # how many times READY came (1 + reconnections)
 
     # -- handlers -----------------------------------------------------------------------------
@@ -175,7 +177,7 @@ class Client:
         attempt = 0
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            tasks.create_task(self._serve(), name=f"client-{self.client_id}-handlers")
+            serving = tasks.create_task(self._serve(), name=f"client-{self.client_id}-handlers")
             while True:
                 delay = FIRST_WAIT
                 try:
@@ -195,12 +197,24 @@ class Client:
                     if self._registered is not None and not self._registered.done():
                         self._registered.set_exception(exc)
                     if exc.reason != "throttled":
+                        self._end(exc)
+                        serving.cancel()
                         return
                     delay = exc.retry_after or MAX_WAIT
                 finally:
                     self._connected.clear()
                     self._mqtt = None
                 await asyncio.sleep(delay)
+
+    def _end(self, refusal: RegistrationRefused) -> None:
+        """The communicator refused us for good: stop, and say why to whoever waits or sends."""
+        logger.error("%s: %s; this client stops", self.client_id, refusal)
+        self.error = refusal
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(refusal)
+        self._pending.clear()
+        self.stopped.set()
 
     async def _session(self) -> None:
         """One connection: subscribe, register, then receive until the connection drops."""
@@ -358,8 +372,13 @@ class Client:
         """Send a message (waiting up to ``timeout`` for a connection if the broker is away).
 
         Raises:
-            ClientError: Not connected within ``timeout``.
+            ClientError: Not connected within ``timeout``, or the communicator
+                refused this client for good (:attr:`error` says why).
         """
+        if self.error is not None:
+            raise ClientError(
+                f"could not send {message.command}: {self.error}", service=self.service
+            ) from self.error
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
             mqtt = self._mqtt
