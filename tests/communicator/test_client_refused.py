@@ -37,4 +37,3 @@ async def test_a_refused_reregistration_ends_the_client_with_the_refusal(
         async with asyncio.timeout(5):
             await asyncio.wait({runner})
         assert runner.done()
-
