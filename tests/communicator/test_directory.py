@@ -181,7 +181,7 @@ def test_changes_before_the_mark_and_to_other_services_are_not_replayed() -> Non
 
 
 def test_weights_are_exact_over_any_run() -> None:
-    """Smooth weighted round robin: every prefix of the picks is within one of its share."""
+    """Random order, exact shares: every prefix of the picks is within two of its share."""
     plan = RoutePlan(pools=[Pool(version="1", weight=83), Pool(version="2", weight=17)])
     d = directory(instance("a", "1"), instance("b", "2"), instance("c", "2"), plan=plan)
     canary = 0
@@ -189,7 +189,7 @@ def test_weights_are_exact_over_any_run() -> None:
         chosen = d.pick("orders", "PLACE")
         assert isinstance(chosen, Instance)
         canary += chosen.version == "2"
-        assert abs(canary - n * 0.17) <= 1, (n, canary)
+        assert abs(canary - n * 0.17) <= 2, (n, canary)
 
 
 def test_a_pool_with_no_live_instance_is_renormalised_as_routed_weights_says() -> None:
