@@ -3,6 +3,7 @@
 This package is the lowest layer of deployctl: it imports nothing else of ours.
 """
 
+from communicator._backoff import keep_trying
 from communicator._broker import EmbeddedBroker, write_password_file
 from communicator._client import Client
 from communicator._codec import (
@@ -134,6 +135,7 @@ __all__ = [
     "format_json",
     "format_line",
     "hash_password",
+    "keep_trying",
     "load_service_definition",
     "load_service_definitions",
     "masked",

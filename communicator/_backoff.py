@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     before_sleep_log,
     retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
+    stop_never,
     wait_random_exponential,
 )
 
@@ -27,6 +31,10 @@ FIRST_WAIT = 0.05
 """Seconds: the cap of the first wait; it doubles after each failure."""
 MAX_WAIT = 2.0
 """Seconds: the cap never grows past this."""
+HEALTHY_AFTER = 30.0
+"""Seconds an operation must have run before its failure counts as a new outage."""
+
+T = TypeVar("T")
 
 
 def backoff_delay(attempt: int) -> float:
@@ -73,3 +81,82 @@ def being_cancelled() -> bool:
     """
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def every_leaf(exc: BaseException, transient: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc`` is transient, or an exception group made only of transient errors.
+
+    A TaskGroup wraps what its tasks raise in an ``ExceptionGroup``; a plain
+    ``except RedisError`` does not catch that, so reconnect loops ask this.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return all(every_leaf(inner, transient) for inner in exc.exceptions)
+    return transient(exc)
+
+
+class _Recovered(Exception):
+    """The operation ran long enough before it failed: start the backoff afresh."""
+
+
+async def keep_trying(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    transient: Callable[[BaseException], bool],
+    healthy_after: float = HEALTHY_AFTER,
+) -> T:
+    """Run ``operation`` until it returns, retrying it after transient failures.
+
+    The one reconnect loop of deployctl's daemons: waits follow the policy of
+    :func:`backoff` (capped, jittered), each failure is logged as a warning
+    naming ``what``, and an operation that ran ``healthy_after`` seconds before
+    failing starts again from the shortest wait (a new outage, not the same one).
+    Exception groups count as transient when every error in them is.
+
+    Args:
+        operation: Makes one attempt (connect, then serve until the connection drops).
+        what: Names the loop in the log, e.g. ``"controller 7f: Redis listener"``.
+        transient: Says whether an error is worth another attempt; any other
+            error, and cancellation, end the loop at once.
+        healthy_after: See above.
+
+    Returns:
+        What ``operation`` returned.
+    """
+
+    def log(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("%s: %s; retrying in %.2fs", what, _describe(error), wait)
+
+    def worth_retrying(exc: BaseException) -> bool:
+        return not being_cancelled() and every_leaf(exc, transient)
+
+    while True:
+        retrying = AsyncRetrying(
+            stop=stop_never,
+            wait=wait_random_exponential(multiplier=FIRST_WAIT, max=MAX_WAIT),
+            retry=retry_if_exception(worth_retrying),
+            before_sleep=log,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    started = time.monotonic()
+                    try:
+                        return await operation()
+                    except Exception as exc:
+                        if worth_retrying(exc) and time.monotonic() - started >= healthy_after:
+                            logger.warning("%s: %s; retrying", what, _describe(exc))
+                            raise _Recovered from exc
+                        raise
+        except _Recovered:
+            continue
+        raise AssertionError("unreachable: the retry loop either returns or raises")
+
+
+def _describe(error: BaseException | None) -> str:
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}" if error is not None else "failed"

@@ -50,10 +50,20 @@ def up(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0)
             console.print(
                 f"(saved in {env_file}: `. {env_file}`) Ctrl-C stops everything.", markup=False
             )
-            await stopped.wait()
+            waiting = asyncio.create_task(stopped.wait(), name="up-signals")
+            ended = asyncio.create_task(stack.ended(), name="up-ended")
+            done, pending = await asyncio.wait(
+                {waiting, ended}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if ended in done:
+                raise RuntimeError(ended.result())
 
     try:
         asyncio.run(serve())
+    except RuntimeError as exc:
+        fail(f"{exc}; see the log above, then run `deployctl up` again", code=Exit.BACKEND)
     except (BackendError, ConfigError) as exc:
         fail(str(exc), code=Exit.BACKEND if isinstance(exc, BackendError) else Exit.USAGE)
 

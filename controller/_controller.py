@@ -18,10 +18,11 @@ import socket
 import time
 import uuid
 
+from aiomqtt import MqttError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator import Keys, Measurements, PlanStore, Registry, Settings
+from communicator import Keys, Measurements, PlanStore, Registry, Settings, keep_trying
 from controller._alerts import StatusFlagRaiser
 from controller._engine import RolloutEngine
 from controller._flag_runs import FlagRunEngine, FlagRunStore
@@ -95,42 +96,74 @@ class Controller:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Stand by or lead until stopped."""
+        """Stand by or lead until stopped; Redis outages are waited out, never fatal."""
         try:
-            while not self._stopping.is_set():
-                try:
-                    if await self.redis.set(self.keys.leader(), self.id, nx=True, px=self._ttl_ms):
-                        logger.info("controller %s leads", self.id)
-                        await self._lead()
-                except (RedisError, OSError) as exc:
-                    logger.warning("controller %s: Redis unavailable (%s)", self.id, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._ttl_ms / 3000)
+            await keep_trying(self._stand_by_or_lead, what=f"controller {self.id}", transient=_down)
         finally:
             with contextlib.suppress(RedisError, OSError):
                 if self.leading.is_set():
                     await self.redis.delete(self.keys.leader())
             self.leading.clear()
 
+    async def _stand_by_or_lead(self) -> None:
+        standing_by = False
+        while not self._stopping.is_set():
+            if await self.redis.set(self.keys.leader(), self.id, nx=True, px=self._ttl_ms):
+                logger.info("controller %s leads", self.id)
+                standing_by = False
+                await self._lead()
+            elif not standing_by:
+                leader = await self.redis.get(self.keys.leader())
+                logger.info("controller %s stands by (leader: %s)", self.id, _text(leader))
+                standing_by = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._ttl_ms / 3000)
+
     async def _lead(self) -> None:
         self.leading.set()
         try:
             async with asyncio.TaskGroup() as tasks:
-                listener = tasks.create_task(self._listen(), name="controller-listen")
-                advancer = tasks.create_task(self._advance_loop(), name="controller-advance")
-                # Only the leader raises status flags, or each would be counted twice.
-                alerts = tasks.create_task(self.alerts.run(), name="controller-status-flags")
-                flags = tasks.create_task(self.flag_publisher.run(), name="controller-flags")
+                # Each loop waits out Redis and broker outages itself: one failing must
+                # not end the others, nor the lead.
+                loops = {
+                    "controller-listen": self._listen,
+                    "controller-advance": self._advance_loop,
+                    # Only the leader raises status flags, or each would be counted twice.
+                    "controller-status-flags": self.alerts.run,
+                    "controller-flags": self.flag_publisher.run,
+                }
+                running = [
+                    tasks.create_task(
+                        keep_trying(loop, what=f"controller {self.id}: {name}", transient=_down),
+                        name=name,
+                    )
+                    for name, loop in loops.items()
+                ]
                 await self._keep_leading()
-                for task in (listener, advancer, alerts, flags):
+                for task in running:
                     task.cancel()
         finally:
             self.leading.clear()
 
     async def _keep_leading(self) -> None:
-        """Renew the lease until it is lost or we stop."""
+        """Renew the lease until it is lost or we stop.
+
+        While Redis does not answer, renewal is retried until the lease would
+        have lapsed: a standby may lead from then on, so this one steps down.
+        """
+        renewed = time.monotonic()
         while not self._stopping.is_set():
-            if not await self._renew(keys=[self.keys.leader()], args=[self.id, self._ttl_ms]):
+            try:
+                kept = await self._renew(keys=[self.keys.leader()], args=[self.id, self._ttl_ms])
+            except (RedisError, OSError) as exc:
+                if time.monotonic() - renewed >= self._ttl_ms / 1000:
+                    logger.warning("controller %s steps down: Redis unavailable (%s)", self.id, exc)
+                    return
+                logger.warning("controller %s: cannot renew its lead yet (%s)", self.id, exc)
+                kept = True
+            else:
+                renewed = time.monotonic() if kept else renewed
+            if not kept:
                 logger.warning("controller %s lost the lead", self.id)
                 return
             with contextlib.suppress(TimeoutError):
@@ -140,16 +173,12 @@ class Controller:
         """Wake the engine on operator requests and on invalidations of a version."""
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(self.keys.wakeup(), self._events_channel)
+            self._wake.set()  # what was announced while we were not listening
             async for item in pubsub.listen():
                 if item["type"] != "message":
                     continue
-                data = item["data"].decode() if isinstance(item["data"], bytes) else item["data"]
-                channel = (
-                    item["channel"].decode()
-                    if isinstance(item["channel"], bytes)
-                    else item["channel"]
-                )
-                if channel == self._events_channel:
+                data = _text(item["data"])
+                if _text(item["channel"]) == self._events_channel:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         self._urgent.add(json.loads(data)["service"])
                 else:
@@ -186,3 +215,12 @@ class Controller:
             logger.debug(
                 "advanced %s in %.1f ms", rollout.service, (time.monotonic() - started) * 1e3
             )
+
+
+def _down(exc: BaseException) -> bool:
+    """Redis or the broker is away (worth waiting for), as opposed to a bug."""
+    return isinstance(exc, RedisError | OSError | MqttError)
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -82,6 +82,18 @@ class Stack:
                 task.result()  # raise what stopped it
             raise TimeoutError("the communicator did not get ready within 15 s")
 
+    async def ended(self) -> str:
+        """Wait until the communicator or the controller ends by itself, and say why.
+
+        Neither should ever end while the stack runs (both wait out outages);
+        ``deployctl up`` stops when one does instead of going on half alive.
+        """
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        task = done.pop()
+        error = None if task.cancelled() else task.exception()
+        logger.error("%s ended", task.get_name(), exc_info=error)
+        return f"{task.get_name()} ended" + (f": {error!r}" if error else "")
+
     async def _stop_tasks(self) -> None:
         if self.controller is not None:
             self.controller.stop()
