@@ -16,12 +16,10 @@ from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     before_sleep_log,
     retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
-    stop_never,
     wait_random_exponential,
 )
 
@@ -94,10 +92,6 @@ def every_leaf(exc: BaseException, transient: Callable[[BaseException], bool]) -
     return transient(exc)
 
 
-class _Recovered(Exception):
-    """The operation ran long enough before it failed: start the backoff afresh."""
-
-
 async def keep_trying(
     operation: Callable[[], Awaitable[T]],
     *,
@@ -108,52 +102,36 @@ async def keep_trying(
     """Run ``operation`` until it returns, retrying it after transient failures.
 
     The one reconnect loop of deployctl's daemons: waits follow the policy of
-    :func:`backoff` (capped, jittered), each failure is logged as a warning
-    naming ``what``, and an operation that ran ``healthy_after`` seconds before
-    failing starts again from the shortest wait (a new outage, not the same one).
-    Exception groups count as transient when every error in them is.
+    :func:`backoff` (:func:`backoff_delay`: capped, jittered), each failure is
+    logged as a warning naming ``what``, and an operation that ran
+    ``healthy_after`` seconds before failing starts again from the shortest
+    wait (a new outage, not the same one). Exception groups count as transient
+    when every error in them is. Cancellation is never retried nor delayed.
 
     Args:
         operation: Makes one attempt (connect, then serve until the connection drops).
         what: Names the loop in the log, e.g. ``"controller 7f: Redis listener"``.
         transient: Says whether an error is worth another attempt; any other
-            error, and cancellation, end the loop at once.
+            error ends the loop at once.
         healthy_after: See above.
 
     Returns:
         What ``operation`` returned.
     """
-
-    def log(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        logger.warning("%s: %s; retrying in %.2fs", what, _describe(error), wait)
-
-    def worth_retrying(exc: BaseException) -> bool:
-        return not being_cancelled() and every_leaf(exc, transient)
-
+    failures = 0
     while True:
-        retrying = AsyncRetrying(
-            stop=stop_never,
-            wait=wait_random_exponential(multiplier=FIRST_WAIT, max=MAX_WAIT),
-            retry=retry_if_exception(worth_retrying),
-            before_sleep=log,
-            reraise=True,
-        )
+        started = time.monotonic()
         try:
-            async for attempt in retrying:
-                with attempt:
-                    started = time.monotonic()
-                    try:
-                        return await operation()
-                    except Exception as exc:
-                        if worth_retrying(exc) and time.monotonic() - started >= healthy_after:
-                            logger.warning("%s: %s; retrying", what, _describe(exc))
-                            raise _Recovered from exc
-                        raise
-        except _Recovered:
-            continue
-        raise AssertionError("unreachable: the retry loop either returns or raises")
+            return await operation()
+        except Exception as exc:
+            if being_cancelled() or not every_leaf(exc, transient):
+                raise
+            if time.monotonic() - started >= healthy_after:
+                failures = 0
+            delay = backoff_delay(failures)
+            failures += 1
+            logger.warning("%s: %s; retrying in %.2fs", what, _describe(exc), delay)
+        await asyncio.sleep(delay)
 
 
 def _describe(error: BaseException | None) -> str:
