@@ -11,13 +11,23 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 
-from communicator import DefinitionError, Measurements, PlanStore
+from communicator import DefinitionError, Measurements, PlanStore, Pool, RoutePlan, parse_duration
+from controller._admission import choose_stable
 from controller._cli_registry import RegistryAccess, with_registry
 from controller._keys import ControllerKeys
 from controller._output import JSON_OPTION, Exit, console, emit, err_console, fail
 from controller._playbook import Playbook, load_playbook, parse_playbook, shipped_playbooks
-from controller._rollout import Phase, Rollout, RolloutError, RolloutStore, start_rollout
+from controller._rollout import (
+    Phase,
+    Request,
+    Rollout,
+    RolloutError,
+    RolloutStore,
+    Transition,
+    start_rollout,
+)
 from controller._views import rollout_data, rollout_panel, timeline
+from strategies import Fleet, fleet_of
 
 app = typer.Typer(
     help="Canary rollouts: a new version gets a growing share of traffic.", no_args_is_help=True
@@ -52,24 +62,57 @@ def resolve_playbook(name_or_file: str | None, weight: int | None) -> Playbook:
     return load_playbook(path)
 
 
-async def _stable_version(access: RegistryAccess, service: str, canary: str) -> str:
-    """The version serving now: the plan's main pool, else the valid version with most instances."""
-    plan = await PlanStore(redis=access.redis, keys=access.keys).get(service)
-    if plan is not None and plan.effective_pools():
-        main = max(plan.effective_pools(), key=lambda pool: pool.weight)
-        if main.version != canary:
-            return main.version
-    counts: dict[str, int] = {}
-    for instance in await access.registry.instances(service):
-        if instance.version != canary and await access.registry.is_valid(service, instance.version):
-            counts[instance.version] = counts.get(instance.version, 0) + 1
-    if not counts:
-        fail(
-            f"{service} has no running stable version to compare {canary} with; start its "
-            f"instances first, or name it with --stable",
-            code=Exit.NO,
-        )
-    return max(counts, key=lambda version: counts[version])
+async def current_fleet(access: RegistryAccess, service: str) -> Fleet:
+    """What serves ``service`` now, as the router sees it."""
+    return await fleet_of(
+        service, registry=access.registry, plans=PlanStore(redis=access.redis, keys=access.keys)
+    )
+
+
+async def wait_for_instance(
+    access: RegistryAccess, service: str, version: str, within: float, *, as_json: bool
+) -> Fleet:
+    """Wait up to ``within`` seconds for a live, valid instance of ``version``, showing progress."""
+    started = time.monotonic()
+    fleet = await current_fleet(access, service)
+    if within > 0 and version not in fleet.live and fleet.plan == RoutePlan():
+        # No plan yet: every version would get traffic by instance count, the awaited canary
+        # too, from its first moment. Pin what serves now, so it starts with none.
+        serving = [v for v in fleet.shares if v != version]
+        if len(serving) == 1:
+            pin = RoutePlan(
+                pools=[Pool(version=serving[0], weight=100)],
+                revision=1,
+                reason=f"pinned by canary start until {version} has an instance",
+            )
+            await PlanStore(redis=access.redis, keys=access.keys).set(service, pin)
+    with (
+        err_console.status(f"waiting for an instance of {service} {version}")
+        if not as_json
+        else contextlib.nullcontext()
+    ) as progress:
+        while version not in fleet.live and time.monotonic() - started < within:
+            if progress is not None:
+                progress.update(
+                    f"waiting for an instance of {service} {version} "
+                    f"({time.monotonic() - started:.0f}s of {within:g}s)"
+                )
+            await asyncio.sleep(0.25)
+            fleet = await current_fleet(access, service)
+    return fleet
+
+
+async def controller_leads(access: RegistryAccess) -> bool:
+    """Whether a controller leads now (someone will act on rollouts and requests)."""
+    return bool(await access.redis.exists(ControllerKeys(access.settings.key_prefix).leader()))
+
+
+def warn_no_controller() -> None:
+    """Say that nothing acts on what was just written until a controller runs."""
+    err_console.print(
+        "[yellow]warning:[/] no controller leads, so nothing will act on this until one "
+        "runs: start `deployctl controller run` (or `deployctl up`)"
+    )
 
 
 async def traffic(access: RegistryAccess, rollout: Rollout) -> dict[str, dict[str, int]]:
@@ -82,6 +125,12 @@ async def traffic(access: RegistryAccess, rollout: Rollout) -> dict[str, dict[st
         before = baseline.get(version, {})
         result[version] = {kind: n - before.get(kind, 0) for kind, n in totals.counts.items()}
     return result
+
+
+async def effective_weights(access: RegistryAccess, service: str) -> dict[str, float]:
+    """Each version's share of the traffic now, in percent, as the router applies the plan."""
+    fleet = await current_fleet(access, service)
+    return {version: round(share * 100, 1) for version, share in fleet.shares.items()}
 
 
 async def wait_for_end(
@@ -100,19 +149,21 @@ async def wait_for_end(
             if rollout is None:
                 fail(f"no rollout for {service}", code=Exit.NO, as_json=as_json)
             if view is not None:
-                view.update(rollout_panel(rollout, await traffic(access, rollout)))
+                view.update(
+                    rollout_panel(
+                        rollout,
+                        await traffic(access, rollout),
+                        await effective_weights(access, service),
+                    )
+                )
             if not rollout.phase.active:
                 return rollout
             if (
                 not warned
                 and rollout.phase is Phase.PENDING
                 and time.time() - rollout.created_at > 3
-            ) and not await access.redis.exists(
-                ControllerKeys(access.settings.key_prefix).leader()
-            ):
-                err_console.print(
-                    "[yellow]no controller is running: start `deployctl controller run`[/]"
-                )
+            ) and not await controller_leads(access):
+                warn_no_controller()
                 warned = True
             await asyncio.sleep(0.25)
 
@@ -139,23 +190,31 @@ def start(
     wait: Annotated[
         bool, typer.Option(help="Follow the rollout; exit 0 only if it succeeds.")
     ] = False,
+    wait_for_instances: Annotated[
+        str | None,
+        typer.Option(
+            "--wait-for-instances",
+            metavar="DURATION",
+            help="Wait this long (e.g. 2m) for a live instance of VERSION before refusing.",
+        ),
+    ] = None,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Start a canary rollout of VERSION of SERVICE, driven by a playbook."""
+    """Start a canary rollout of VERSION of SERVICE, driven by a playbook.
+
+    VERSION must have a live instance; the stable version is the one serving
+    most traffic now (or --stable, which must be live too).
+    """
     try:
         chosen = resolve_playbook(playbook, weight)
-    except DefinitionError as exc:
+        within = parse_duration(wait_for_instances) if wait_for_instances else 0.0
+    except (DefinitionError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
 
     async def action(access: RegistryAccess) -> tuple[Rollout, int]:
-        old = stable or await _stable_version(access, service, version)
-        if old == version:
-            fail(
-                f"{version} is already the stable version of {service}",
-                code=Exit.NO,
-                as_json=as_json,
-            )
+        fleet = await wait_for_instance(access, service, version, within, as_json=as_json)
         try:
+            old = choose_stable(fleet, canary=version, stable=stable)
             rollout = await start_rollout(
                 _store(access),
                 Measurements(redis=access.redis, keys=access.keys),
@@ -164,9 +223,12 @@ def start(
                 canary=version,
                 playbook=chosen.model_dump(mode="json"),
                 reason=f"requested: canary {version} of {service} with playbook {chosen.name}",
+                production=fleet.production,
             )
         except RolloutError as exc:
             fail(str(exc), code=Exit.NO, as_json=as_json)
+        if not await controller_leads(access):
+            warn_no_controller()
         if wait:
             rollout = await wait_for_end(access, service, live=True, as_json=as_json)
             history = await _store(access).history(service)
@@ -191,7 +253,9 @@ def status(
 ) -> None:
     """Show a service's rollout: step, weight, traffic and failures per version, verdicts."""
 
-    async def action(access: RegistryAccess) -> tuple[Rollout, dict[str, Any]]:
+    async def action(
+        access: RegistryAccess,
+    ) -> tuple[Rollout, dict[str, Any], dict[str, float]]:
         if watch:
             rollout = await wait_for_end(access, service, live=True, as_json=as_json)
         else:
@@ -203,20 +267,27 @@ def status(
                     as_json=as_json,
                 )
             rollout = found
-        return rollout, await traffic(access, rollout)
+        return rollout, await traffic(access, rollout), await effective_weights(access, service)
 
-    rollout, counts = with_registry(action, as_json=as_json)
+    rollout, counts, weights = with_registry(action, as_json=as_json)
     emit(
-        rollout_data(rollout, counts),
+        rollout_data(rollout, counts, weights),
         as_json=as_json,
-        render=lambda: console.print(rollout_panel(rollout, counts)),
+        render=lambda: console.print(rollout_panel(rollout, counts, weights)),
     )
     raise typer.Exit(int(_exit_for(rollout)))
 
 
+#: Seconds a request waits for the leading controller's answer.
+ANSWER_TIMEOUT = 15.0
+
+
 def _request(service: str, action_name: str, as_json: bool) -> None:
-    async def action(access: RegistryAccess) -> Rollout:
-        rollout = await _store(access).get(service)
+    """Queue an operator request, wait for the controller's answer, and exit by it."""
+
+    async def action(access: RegistryAccess) -> tuple[Rollout, Request, Transition | None, bool]:
+        store = _store(access)
+        rollout = await store.get(service)
         if rollout is None:
             fail(
                 f"no rollout for {service}; `deployctl rollouts` lists them",
@@ -235,15 +306,41 @@ def _request(service: str, action_name: str, as_json: bool) -> None:
                 code=Exit.NO,
                 as_json=as_json,
             )
-        await _store(access).request(service, action_name)
-        return rollout
+        leads = await controller_leads(access)
+        request = await store.request(service, action_name)
+        answer = None
+        deadline = time.monotonic() + (ANSWER_TIMEOUT if leads else 0.0)
+        while answer is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            answer = await store.answer(service, request.id)
+        return (await store.get(service) or rollout), request, answer, leads
 
-    rollout = with_registry(action, as_json=as_json)
-    emit(
-        {"service": service, "requested": action_name, "rollout": rollout.id},
-        as_json=as_json,
-        render=lambda: console.print(f"{action_name} requested for {service} ({rollout.phase})"),
-    )
+    rollout, request, answer, leads = with_registry(action, as_json=as_json)
+    data: dict[str, Any] = {
+        "service": service,
+        "requested": action_name,
+        "request": request.id,
+        "rollout": rollout.id,
+        "phase": rollout.phase,
+        "step": rollout.step,
+        "weight": rollout.weight,
+    }
+    if answer is None:
+        why = (
+            "no controller leads; the request is queued and runs when one starts "
+            "(`deployctl controller run` or `deployctl up`)"
+            if not leads
+            else f"the controller did not answer within {ANSWER_TIMEOUT:g}s; it is queued, see "
+            f"`deployctl rollout history {service}`"
+        )
+        fail(
+            f"{action_name} of {service} not done yet: {why}", code=Exit.NO, as_json=as_json, **data
+        )
+    data["answer"] = answer.reason
+    refused = bool(answer.evidence.get("refused"))
+    if refused:
+        fail(answer.reason, code=Exit.NO, as_json=as_json, **data)
+    emit(data, as_json=as_json, render=lambda: console.print(f"{service}: {answer.reason}"))
 
 
 @app.command("promote")

@@ -23,12 +23,24 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.live import Live
 
-from communicator import Client, ClientError, Keys, Measurements, Message, RouterConfig, Settings
+from communicator import (
+    Client,
+    ClientError,
+    Keys,
+    Measurements,
+    Message,
+    PlanStore,
+    Registry,
+    RouterConfig,
+    Settings,
+)
+from controller._admission import choose_stable
 from controller._keys import ControllerKeys
 from controller._playbook import load_playbook, shipped_playbooks
 from controller._rollout import Phase, Rollout, RolloutStore, start_rollout
 from controller._up import Stack
 from controller._views import rollout_panel, timeline
+from strategies import fleet_of
 
 SERVICE = "shop"
 STABLE, CANARY = "1.0", "1.1"
@@ -100,8 +112,7 @@ async def run_demo(console: Console, *, healthy: bool, settings: Settings | None
         traffic = asyncio.create_task(_traffic(front, stop), name="demo-traffic")
         try:
             await asyncio.sleep(1.0)  # the stable version serves alone for a moment
-            rollout = await _start(stack.redis, s)
-            # As a site would: start the rollout, then deploy the new version's instance.
+            # As a site would: deploy the new version's instance, then start the rollout.
             await fleet.enter_async_context(
                 Client(
                     SERVICE,
@@ -112,6 +123,7 @@ async def run_demo(console: Console, *, healthy: bool, settings: Settings | None
                     handlers={"ORDER": lambda m: _serve(m, failure_rate=failure_rate)},
                 )
             )
+            rollout = await _start(stack.redis, s)
             return await _follow(console, stack.redis, s, rollout)
         finally:
             stop.set()
@@ -122,12 +134,17 @@ async def run_demo(console: Console, *, healthy: bool, settings: Settings | None
 async def _start(redis: Redis, settings: Settings) -> Rollout:
     """What ``deployctl canary start shop --version 1.1 --playbook canary-fast`` does."""
     playbook = load_playbook(shipped_playbooks()["canary-fast"])
+    keys = Keys(settings.key_prefix)
+    fleet = await fleet_of(
+        SERVICE, registry=Registry(redis=redis, keys=keys), plans=PlanStore(redis=redis, keys=keys)
+    )
     return await start_rollout(
         RolloutStore(redis=redis, keys=ControllerKeys(settings.key_prefix)),
-        Measurements(redis=redis, keys=Keys(settings.key_prefix)),
+        Measurements(redis=redis, keys=keys),
         service=SERVICE,
-        stable=STABLE,
+        stable=choose_stable(fleet, canary=CANARY),
         canary=CANARY,
+        production=fleet.production,
         playbook=playbook.model_dump(mode="json"),
         reason=f"deployctl canary start {SERVICE} --version {CANARY} --playbook canary-fast",
     )

@@ -14,13 +14,14 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from communicator import Measurements, OutcomeKind
 from controller._analysis import VersionSample, judge, percentile
 from controller._playbook import Playbook
-from controller._rollout import Phase, Rollout, RolloutStore
-from strategies import CanaryStrategy
+from controller._rollout import Phase, Request, Rollout, RolloutStore
+from strategies import CanaryStrategy, Fleet
 
 logger = logging.getLogger(__name__)
 
@@ -34,42 +35,147 @@ LATENCY_CHECK_EVERY = 1.0
 
 
 class RolloutEngine:
-    """Advances rollouts; owned by the leading controller."""
+    """Advances rollouts; owned by the leading controller.
+
+    Args:
+        store: Where rollouts and their history live.
+        strategy: Turns steps into route plans and policies.
+        measurements: Outcome totals and reply times, for analysis and latency limits.
+        clock: The time, in epoch seconds (tests pass a fake one).
+    """
 
     def __init__(
-        self, *, store: RolloutStore, strategy: CanaryStrategy, measurements: Measurements
+        self,
+        *,
+        store: RolloutStore,
+        strategy: CanaryStrategy,
+        measurements: Measurements,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._strategy = strategy
         self._measurements = measurements
+        self._clock = clock
         self._execs: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._latency_checked: dict[str, float] = {}  # rollout id -> when
+        self._stable_missing: dict[str, bool] = {}  # rollout id -> last announced
 
-    async def advance(self, rollout: Rollout, requests: list[str]) -> None:
-        """Do what is due for ``rollout`` now, and save it."""
+    async def advance(self, rollout: Rollout, requests: Sequence[Request] = ()) -> None:
+        """Do what is due for ``rollout`` now (answering every request), and save it."""
         playbook = Playbook.model_validate(rollout.playbook)
-        now = time.time()
-        if "abort" in requests and rollout.phase.active:
-            await self._abort(rollout, playbook, "aborted by an operator")
-        elif "retry" in requests and not rollout.phase.active:
-            await self._retry(rollout)
-        if not rollout.phase.active:
-            await self._store.save(rollout)
-            return
+        now = self._clock()
+        later: list[Request] = []
+        for request in requests:
+            if request.action == "abort":
+                await self._on_abort(rollout, playbook, request)
+            elif request.action == "retry":
+                await self._on_retry(rollout, request)
+            elif request.action in ("promote", "promote_full"):
+                later.append(request)
+            else:
+                await self._refuse(rollout, request, f"unknown request {request.action!r}")
         if rollout.phase is Phase.PENDING:
             await self._start(rollout, playbook, now)
-        if await self._rolled_back(rollout, playbook, now):
-            await self._store.save(rollout)
-            return
-        if "promote_full" in requests:
-            rollout.step = len(playbook.steps)
-            await self._transition(rollout, Phase.PROGRESSING, "fully promoted by an operator")
-        elif "promote" in requests and rollout.phase is Phase.PAUSED:
-            await self._next_step(rollout, now)
-            await self._transition(rollout, Phase.PROGRESSING, "promoted by an operator")
-        if rollout.phase is not Phase.PAUSED:
-            await self._run_steps(rollout, playbook, now)
+        if rollout.phase.active and not await self._rolled_back(rollout, playbook, now):
+            for request in later:
+                await self._on_promote(rollout, playbook, request, now)
+            if rollout.phase.active and rollout.phase is not Phase.PAUSED:
+                await self._run_steps(rollout, playbook, now)
+            if rollout.phase.active:
+                await self._watch_stable(rollout)
+        else:
+            for request in later:
+                await self._refuse(rollout, request, f"the rollout has ended ({rollout.phase})")
         await self._store.save(rollout)
+
+    # -- operator requests --------------------------------------------------------------------
+
+    async def _refuse(self, rollout: Rollout, request: Request, why: str) -> None:
+        await self._transition(
+            rollout,
+            rollout.phase,
+            f"{request.action} not done: {why}",
+            {"request": request.id, "refused": True},
+        )
+
+    async def _on_abort(self, rollout: Rollout, playbook: Playbook, request: Request) -> None:
+        if not rollout.phase.active:
+            await self._refuse(rollout, request, f"the rollout already ended ({rollout.phase})")
+            return
+        await self._abort(rollout, playbook, "aborted by an operator", {"request": request.id})
+
+    async def _on_retry(self, rollout: Rollout, request: Request) -> None:
+        if rollout.phase.active:
+            await self._refuse(rollout, request, f"the rollout is still {rollout.phase}")
+            return
+        await self._retry(rollout, request)
+
+    async def _on_promote(
+        self, rollout: Rollout, playbook: Playbook, request: Request, now: float
+    ) -> None:
+        """Skip the current step, whatever it is (as Argo's promote), or every step (--full)."""
+        total = len(playbook.steps)
+        evidence = {"request": request.id}
+        if rollout.step >= total:
+            await self._refuse(rollout, request, "every step is done; it is being promoted")
+            return
+        step = playbook.steps[rollout.step]
+        await self._end_step(rollout, step)
+        if request.action == "promote_full":
+            first = rollout.step + 1
+            rollout.step = total
+            rollout.step_started_at = rollout.progressed_at = now
+            rollout.step_data = _scratch(rollout)
+            await self._transition(
+                rollout,
+                Phase.PROGRESSING,
+                f"fully promoted by an operator: steps {first}-{total} skipped",
+                evidence,
+            )
+            return
+        skipped = rollout.step + 1
+        await self._next_step(rollout, now)
+        await self._transition(
+            rollout,
+            Phase.PROGRESSING,
+            f"promoted by an operator: step {skipped}/{total} ({step.kind}) skipped",
+            evidence,
+        )
+
+    async def _end_step(self, rollout: Rollout, step: Any) -> None:
+        """Undo what a step left running (an exec, a mirror) before leaving it early."""
+        task = self._execs.pop(rollout.id, None)
+        if task is not None:
+            task.cancel()
+        if step.kind == "mirror" and rollout.step_data.get("mirroring"):
+            await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+
+    async def _watch_stable(self, rollout: Rollout) -> None:
+        """Say so in history when the stable has no live instance (the canary takes its share)."""
+        if rollout.weight >= 100:
+            return
+        fleet = await self._strategy.fleet(rollout.service)
+        missing = rollout.stable not in fleet.live
+        if missing == self._stable_missing.get(rollout.id, False):
+            return
+        self._stable_missing[rollout.id] = missing
+        shares = {v: round(share * 100, 1) for v, share in fleet.shares.items()}
+        if missing:
+            await self._transition(
+                rollout,
+                rollout.phase,
+                f"the stable {rollout.stable} has no live instance: {rollout.canary} takes "
+                f"{shares.get(rollout.canary, 0):g}% of the traffic, not {rollout.weight}%; "
+                f"start instances of {rollout.stable}, or abort",
+                {"effective_weights": shares},
+            )
+        else:
+            await self._transition(
+                rollout,
+                rollout.phase,
+                f"the stable {rollout.stable} is live again: traffic follows the plan",
+                {"effective_weights": shares},
+            )
 
     # -- phases -------------------------------------------------------------------------------
 
@@ -86,6 +192,7 @@ class RolloutEngine:
             reason=f"rollout {rollout.id} starting",
         )
         rollout.started_at = rollout.step_started_at = rollout.progressed_at = now
+        self._stable_missing.pop(rollout.id, None)
         await self._transition(
             rollout,
             Phase.PROGRESSING,
@@ -158,29 +265,63 @@ class RolloutEngine:
         reason: str,
         evidence: dict[str, Any] | None = None,
     ) -> None:
-        task = self._execs.pop(rollout.id, None)
-        if task is not None:
-            task.cancel()
+        """Roll back: the canary's weight to 0, and invalidate it, unless production needs it.
+
+        A rollback never invalidates the version that served production when
+        the rollout started, nor one without which no valid version of the
+        service would have a live instance; it says so in the history instead.
+        """
+        await self._end_step(rollout, _NO_STEP)
         self._latency_checked.pop(rollout.id, None)
+        self._stable_missing.pop(rollout.id, None)
         await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+        fleet = await self._strategy.fleet(rollout.service)
+        keep = self._keep_valid(rollout, fleet)
+        invalidate = playbook.rollback.invalidate_version and keep is None
         await self._strategy.rollback(
             rollout.service,
             stable=rollout.stable,
             canary=rollout.canary,
             reason=reason,
-            invalidate=playbook.rollback.invalidate_version,
+            invalidate=invalidate,
             evidence=evidence,
         )
+        if keep is not None and rollout.canary in fleet.barred:
+            # Cut off by the communicator, but nothing else can serve: serve on with it.
+            await self._strategy.reinstate(rollout.service, rollout.canary, keep)
+            reason = f"{reason}; {rollout.canary} reinstated: {keep}"
+        elif keep is not None and playbook.rollback.invalidate_version:
+            reason = f"{reason}; {rollout.canary} left valid: {keep}"
         rollout.weight = 0
         await self._transition(rollout, Phase.ABORTED, f"rolled back: {reason}", evidence)
 
-    async def _retry(self, rollout: Rollout) -> None:
+    @staticmethod
+    def _keep_valid(rollout: Rollout, fleet: Fleet) -> str | None:
+        """Why the canary must stay valid through a rollback, or None if it need not."""
+        service, canary = rollout.service, rollout.canary
+        if canary == rollout.stable:
+            return f"{canary} is also the stable version"
+        if rollout.origin_production == canary:
+            return f"{canary} served production when the rollout started"
+        if not fleet.serves_without(canary):
+            return (
+                f"no other valid version of {service} has a live instance; start instances of "
+                f"{rollout.stable}, then `deployctl version invalidate {service} {canary}`"
+            )
+        return None
+
+    async def _retry(self, rollout: Rollout, request: Request | None = None) -> None:
         invalid, _, _ = await self._strategy.canary_invalid(rollout.service, rollout.canary)
         if invalid:
             await self._strategy.reinstate(rollout.service, rollout.canary, "rollout retried")
-        rollout.step, rollout.weight, rollout.step_data = 0, 0, {}
+        rollout.step, rollout.weight, rollout.step_data = 0, 0, _scratch(rollout)
         rollout.retries += 1
-        await self._transition(rollout, Phase.PENDING, f"retry #{rollout.retries} requested")
+        await self._transition(
+            rollout,
+            Phase.PENDING,
+            f"retry #{rollout.retries} requested",
+            {"request": request.id} if request else None,
+        )
 
     async def _promote(self, rollout: Rollout) -> None:
         await self._transition(rollout, Phase.PROMOTING, "every step passed; promoting")
@@ -206,7 +347,7 @@ class RolloutEngine:
     async def _next_step(self, rollout: Rollout, now: float) -> None:
         rollout.step += 1
         rollout.step_started_at = rollout.progressed_at = now
-        rollout.step_data = {}
+        rollout.step_data = _scratch(rollout)
 
     async def _step_set_weight(
         self, rollout: Rollout, playbook: Playbook, step: Any, now: float
@@ -373,6 +514,18 @@ class RolloutEngine:
         rollout.reason = reason
         await self._store.record(rollout, reason, evidence)
         logger.info("%s %s: %s: %s", rollout.service, rollout.canary, phase, reason)
+
+
+class _NoStep:
+    kind = "none"
+
+
+_NO_STEP = _NoStep()
+
+
+def _scratch(rollout: Rollout) -> dict[str, Any]:
+    """A fresh step scratch pad, keeping what the whole rollout needs (its origin)."""
+    return {k: v for k, v in rollout.step_data.items() if k == "origin"}
 
 
 async def _run(command: list[str], timeout: float, env: dict[str, str]) -> dict[str, Any]:

@@ -69,6 +69,26 @@ class Rollout(BaseModel):
     step_data: dict[str, Any] = Field(default_factory=dict)  # per-step scratch (analysis baselines)
     verdicts: list[dict[str, Any]] = Field(default_factory=list)
     retries: int = 0
+    origin_production: str | None = None  # the version serving most traffic when it was created
+
+
+class Request(BaseModel):
+    """An operator's request to the leading controller, answered in the rollout's history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: str
+    id: str = ""
+    at: float = 0.0
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Request:
+        """Read a queued request (a bare action name, as older CLIs queued, is accepted)."""
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            return cls.model_validate_json(text)
+        except ValueError:
+            return cls(action=text.strip())
 
 
 class RolloutError(DeployctlError):
@@ -166,20 +186,33 @@ class RolloutStore:
                 found.append(Transition.model_validate_json(raw))
         return found
 
-    async def request(self, service: str, action: str) -> None:
-        """Queue an operator request (promote, promote_full, abort) and wake the leader."""
+    async def request(self, service: str, action: str) -> Request:
+        """Queue an operator request (promote, promote_full, abort, retry) and wake the leader.
+
+        The leader answers it with a transition whose evidence names the
+        request's id (:meth:`answer`): what it did, or why it did nothing.
+        """
+        request = Request(action=action, id=uuid.uuid4().hex[:12], at=time.time())
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(self._keys.requests(service), action)
+            pipe.rpush(self._keys.requests(service), request.model_dump_json())
             pipe.publish(self._keys.wakeup(), service)
             await pipe.execute()
+        return request
 
-    async def take_requests(self, service: str) -> list[str]:
-        """Pop every waiting request of the service."""
+    async def take_requests(self, service: str) -> list[Request]:
+        """Pop every waiting request of the service, oldest first."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.lrange(self._keys.requests(service), 0, -1)
             pipe.delete(self._keys.requests(service))
             raw, _ = await pipe.execute()
-        return [r.decode() if isinstance(r, bytes) else r for r in raw]
+        return [Request.parse(item) for item in raw]
+
+    async def answer(self, service: str, request_id: str) -> Transition | None:
+        """The transition that answered request ``request_id``, if it has been answered."""
+        for transition in reversed(await self.history(service, count=200)):
+            if transition.evidence.get("request") == request_id:
+                return transition
+        return None
 
     async def wake(self, service: str) -> None:
         """Ask the leader to look at the service's rollout now."""
@@ -195,8 +228,12 @@ async def start_rollout(
     canary: str,
     playbook: dict[str, Any],
     reason: str,
+    production: str | None = None,
 ) -> Rollout:
     """Record a new rollout (with the versions' outcome totals so far) and wake the leader.
+
+    ``production``: the version serving most traffic now (a rollback never
+    invalidates it); the stable if not given.
 
     Raises:
         RolloutError: A rollout of the service is still active.
@@ -210,6 +247,7 @@ async def start_rollout(
         playbook=playbook,
         reason=reason,
         step_data={"origin": origin},
+        origin_production=production or stable,
     )
     await store.create(rollout)
     await store.wake(service)

@@ -18,6 +18,7 @@ from communicator import (
     RoutePlan,
     with_mirror,
 )
+from strategies._fleet import Fleet, fleet_of
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ class CanaryStrategy:
                     }
                 ),
             )
+
+    async def fleet(self, service: str) -> Fleet:
+        """What serves ``service`` now: live versions and the traffic share each gets."""
+        return await fleet_of(service, registry=self._registry, plans=self._plans)
 
     async def protect(self, service: str, canary: str, policy: InvalidationPolicy) -> None:
         """Make the communicator cut ``canary`` off by itself when it crosses ``policy``."""

@@ -157,11 +157,47 @@ async def start_canary(fleet: Callable[..., Awaitable[ServiceProcess]], fail_rat
     )
 
 
-async def canary_start_and_wait(deployctl: Deployctl, playbook: str) -> tuple[int, Any, str]:
+async def canary_start_and_wait(
+    deployctl: Deployctl, playbook: str, *extra: str
+) -> tuple[int, Any, str]:
     """``deployctl canary start shop --version 1.1 --playbook PLAYBOOK --wait --json``."""
     return await deployctl(
-        "canary", "start", "shop", "--version", "1.1", "--playbook", playbook, "--wait", "--json"
+        "canary",
+        "start",
+        "shop",
+        "--version",
+        "1.1",
+        "--playbook",
+        playbook,
+        "--wait",
+        "--json",
+        *extra,
     )
+
+
+async def canary_start_then_deploy(
+    deployctl: Deployctl,
+    fleet: Callable[..., Awaitable[ServiceProcess]],
+    plans: PlanStore,
+    playbook: str,
+    fail_rate: float,
+    *extra: str,
+) -> asyncio.Task[tuple[int, Any, str]]:
+    """As a site does: ``canary start --wait-for-instances``, then deploy the canary's instance.
+
+    The CLI pins the serving version first, so the canary gets no traffic
+    before its rollout begins; the instance starts once the pin is there.
+    """
+    starting = asyncio.create_task(
+        canary_start_and_wait(deployctl, playbook, "--wait-for-instances", "60s", *extra)
+    )
+
+    async def pinned() -> bool:
+        return await plans.get("shop") is not None
+
+    await wait_for(pinned, "the stable version pinned by canary start")
+    await start_canary(fleet, fail_rate)
+    return starting
 
 
 async def test_healthy_canary_is_promoted_through_every_step(
@@ -190,8 +226,9 @@ async def test_failing_canary_is_rolled_back_with_its_reason(
 ) -> None:
     """A canary failing half its requests is cut off and rolled back; the history says why."""
     await shop_with_traffic(fleet, 0.0)
-    await start_canary(fleet, 0.5)
-    code, rollout, _ = await canary_start_and_wait(deployctl, "canary-fast")
+    plans = PlanStore(redis=redis, keys=Keys(settings.key_prefix))
+    starting = await canary_start_then_deploy(deployctl, fleet, plans, "canary-fast", 0.5)
+    code, rollout, _ = await starting
     assert code == 1
     assert rollout["phase"] == "Aborted"
     assert rollout["weight"] == 0
@@ -359,26 +396,17 @@ rollback: {max_failure_rate: 0.2, min_failures: 5}
 
 
 async def test_a_failing_canary_is_caught_while_only_shadowed(
-    fleet: Any, deployctl: Deployctl, tmp_path: Path
+    fleet: Any, deployctl: Deployctl, redis: Redis, settings: Settings, tmp_path: Path
 ) -> None:
     """A mirror step shadows the canary; failing copies roll it back before it serves anyone."""
     playbook = tmp_path / "shadow.yaml"
     playbook.write_text(SHADOW_FIRST)
     front = await shop_with_traffic(fleet, 0.0)
-    code, _, err = await deployctl(
-        "canary",
-        "start",
-        "shop",
-        "--version",
-        "1.1",
-        "--stable",
-        "1.0",
-        "--playbook",
-        str(playbook),
+    plans = PlanStore(redis=redis, keys=Keys(settings.key_prefix))
+    starting = await canary_start_then_deploy(
+        deployctl, fleet, plans, str(playbook), 0.6, "--stable", "1.0"
     )
-    assert code == 0, err
-    await start_canary(fleet, 0.6)  # deployed once the rollout began, as a site would
-    code, rollout, err = await deployctl("canary", "status", "shop", "--watch", "--json")
+    code, rollout, err = await starting
     assert code == 1, err
     assert rollout["phase"] == "Aborted"
     assert rollout["step"] == 0  # still in the mirror step: it never got real traffic
