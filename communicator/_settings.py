@@ -174,6 +174,12 @@ class _TomlFile(TomlConfigSettingsSource):
             ) from exc
 
 
+def default_home() -> Path:
+    """The well-known state folder: ``$XDG_STATE_HOME/deployctl``, else ``~/.local/state/...``."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "deployctl"
+
+
 class Settings(BaseSettings):
     """Everything deployctl needs to reach its backends and name itself.
 
@@ -185,8 +191,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEPLOYCTL_", frozen=True, extra="forbid")
     _URL_FIELDS: ClassVar[frozenset[str]] = frozenset({"redis_url", "mqtt_url"})
 
-    home: Path = Field(default_factory=lambda: Path.cwd() / ".deployctl")
-    """Folder for embedded state (``DEPLOYCTL_HOME``); ``./.deployctl`` by default."""
+    home: Path = Field(default_factory=lambda: default_home())
+    """Folder for embedded state (``DEPLOYCTL_HOME``): ``$XDG_STATE_HOME/deployctl``, else
+    ``~/.local/state/deployctl``; one place, so the CLI finds ``deployctl up`` from any folder."""
     connect_timeout: float = Field(10.0, gt=0)
     """Seconds to keep retrying to reach Redis or the broker before giving up."""
 
@@ -241,7 +248,7 @@ class Settings(BaseSettings):
     @classmethod
     def _embedded_path_under_home(cls, values: Any) -> Any:
         if isinstance(values, dict) and not values.get("redis_embedded_path"):
-            home = values.get("home") or Path.cwd() / ".deployctl"
+            home = values.get("home") or default_home()
             values = {**values, "redis_embedded_path": Path(home) / "redis.db"}
         return values
 

@@ -28,6 +28,7 @@ from communicator import (
     masked,
     redis_backend,
 )
+from controller._discovery import with_backends
 from controller._output import Exit, fail
 
 T = TypeVar("T")
@@ -58,13 +59,24 @@ def load_settings(*, as_json: bool) -> Settings:
         fail(str(exc), code=Exit.USAGE, as_json=as_json)
 
 
+def connected_settings(*, as_json: bool) -> Settings:
+    """The settings, pointing at the configured Redis or at the running ``deployctl up``.
+
+    Never an embedded Redis of the command's own: with neither, exit 3 naming both fixes.
+    """
+    try:
+        return with_backends(load_settings(as_json=as_json))
+    except BackendError as exc:
+        fail(str(exc), code=Exit.BACKEND, as_json=as_json, backend=exc.backend)
+
+
 def with_registry(action: Callable[[RegistryAccess], Awaitable[T]], *, as_json: bool) -> T:
     """Run ``action`` against the configured Redis and return what it returns.
 
     Exits 3 when Redis cannot be reached or fails meanwhile, 2 when the registry
     refuses a name; ``action`` itself may exit (``fail``) with any code.
     """
-    settings = load_settings(as_json=as_json)
+    settings = connected_settings(as_json=as_json)
 
     async def connected() -> T:
         async with redis_backend(settings) as redis:

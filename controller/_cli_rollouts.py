@@ -15,7 +15,7 @@ from rich.text import Text
 
 from communicator import BackendError, redis_backend
 from controller._cli_canary import traffic
-from controller._cli_registry import RegistryAccess, load_settings, with_registry
+from controller._cli_registry import RegistryAccess, connected_settings, with_registry
 from controller._controller import Controller
 from controller._keys import ControllerKeys
 from controller._output import JSON_OPTION, Exit, console, emit, fail
@@ -143,7 +143,7 @@ def run_controller(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    settings = load_settings(as_json=False)
+    settings = connected_settings(as_json=False)
 
     async def serve() -> None:
         async with redis_backend(settings) as redis:

@@ -14,6 +14,7 @@ from communicator import BackendError, ConfigError
 from controller._cli_registry import load_settings
 from controller._demo import run_demo
 from controller._demo_shadow import run_shadow_demo
+from controller._discovery import announce_up, running_up, withdraw_up
 from controller._output import JSON_OPTION, Exit, console, emit, err_console, fail
 from controller._rollout import Phase
 from controller._up import Stack
@@ -27,6 +28,13 @@ def up(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0)
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = load_settings(as_json=False)
+    already = running_up(settings)
+    if already is not None:
+        fail(
+            f"deployctl up already runs here (pid {already['pid']}); the CLI uses it from any "
+            "folder: stop it first to start another (or set DEPLOYCTL_HOME to another folder)",
+            code=Exit.NO,
+        )
 
     async def serve() -> None:
         async with Stack(settings) as stack:
@@ -35,30 +43,21 @@ def up(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, stopped.set)
-            console.print(
-                "[bold green]deployctl is up[/]: broker, Redis, communicator and controller."
-            )
-            console.print(
-                "Point services and the CLI at it (also in the environment of `deployctl`):"
-            )
-            for name, value in stack.environment().items():
-                console.print(f"  export {name}={value}", markup=False)
+            environment = stack.environment()
             env_file = settings.home / "env"
-            env_file.write_text(
-                "".join(f"export {k}={v}\n" for k, v in stack.environment().items())
-            )
-            console.print(
-                f"(saved in {env_file}: `. {env_file}`) Ctrl-C stops everything.", markup=False
-            )
-            waiting = asyncio.create_task(stopped.wait(), name="up-signals")
-            ended = asyncio.create_task(stack.ended(), name="up-ended")
-            done, pending = await asyncio.wait(
-                {waiting, ended}, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in pending:
-                task.cancel()
-            if ended in done:
-                raise RuntimeError(ended.result())
+            env_file.write_text("".join(f"export {k}={v}\n" for k, v in environment.items()))
+            announce_up(settings, environment)
+            try:
+                console.print(
+                    "[bold green]deployctl is up[/]: broker, Redis, communicator and controller."
+                )
+                console.print("`deployctl` finds it from any folder; services need:")
+                for name, value in environment.items():
+                    console.print(f"  export {name}={value}", markup=False)
+                console.print(f"(saved in {env_file}) Ctrl-C stops everything.", markup=False)
+                await _until_stopped(stack, stopped)
+            finally:
+                withdraw_up(settings)
 
     try:
         asyncio.run(serve())
@@ -66,6 +65,17 @@ def up(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0)
         fail(f"{exc}; see the log above, then run `deployctl up` again", code=Exit.BACKEND)
     except (BackendError, ConfigError) as exc:
         fail(str(exc), code=Exit.BACKEND if isinstance(exc, BackendError) else Exit.USAGE)
+
+
+async def _until_stopped(stack: Stack, stopped: asyncio.Event) -> None:
+    """Wait for a signal; raise RuntimeError if the communicator or controller ends first."""
+    waiting = asyncio.create_task(stopped.wait(), name="up-signals")
+    ended = asyncio.create_task(stack.ended(), name="up-ended")
+    done, pending = await asyncio.wait({waiting, ended}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    if ended in done:
+        raise RuntimeError(ended.result())
 
 
 def demo(

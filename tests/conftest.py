@@ -259,11 +259,16 @@ def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def _no_deployctl_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_deployctl_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Keep the caller's DEPLOYCTL_* variables out of every test."""
     for name in list(os.environ):
         if name.startswith("DEPLOYCTL_"):
             monkeypatch.delenv(name)
+    # The well-known state folder, where the CLI looks for a running `deployctl up`: the
+    # tests' own, so a developer's `up` is never used (nor disturbed) by a test.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture
