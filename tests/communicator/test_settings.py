@@ -25,12 +25,17 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_defaults_use_embedded_backends(workdir: Path) -> None:
-    """With nothing set, both backends are embedded and state lives in ./.deployctl."""
+def test_defaults_use_embedded_backends(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing set, both backends are embedded; state lives in one well-known folder."""
+    monkeypatch.delenv("XDG_STATE_HOME")
     settings = Settings()
     assert settings.redis_url is None
     assert settings.mqtt_url is None
-    assert settings.redis_embedded_path == workdir / ".deployctl" / "redis.db"
+    state = workdir / "home" / ".local" / "state" / "deployctl"
+    assert settings.home == state
+    assert settings.redis_embedded_path == state / "redis.db"
+    monkeypatch.setenv("XDG_STATE_HOME", str(workdir / "xdg"))
+    assert Settings().home == workdir / "xdg" / "deployctl"
     assert (settings.embedded_mqtt_host, settings.embedded_mqtt_port) == ("127.0.0.1", 18830)
     assert settings.embedded_mqtt_password_file is None
     assert (settings.key_prefix, settings.topic_prefix, settings.zone) == (
