@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from fakeredis import FakeAsyncRedis
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -123,7 +123,6 @@ class RolloutModel(RuleBasedStateMachine):
             assert answer is not None, f"{action} was never answered"
         was_active = rollout_before is not None and rollout_before.phase.active
         if was_active and after.phase is Phase.ABORTED:
-            event("rolled back")
             self.check_rollback(before, after)
         return queued
 
@@ -205,7 +204,6 @@ class RolloutModel(RuleBasedStateMachine):
             if before is not None and after is not None:
                 assert after.id == before.id, "a refused start replaced the rollout"
             return
-        event("canary admitted")
         # Admitted: the canary runs, and it is not what serves production.
         assert canary in fleet.live
         assert fleet.shares.get(canary, 0) <= max(
@@ -313,3 +311,36 @@ RolloutModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_rollout_invariants = RolloutModel.TestCase
+
+
+def test_an_abort_after_the_stable_vanished_keeps_the_canary_serving() -> None:
+    """The scenario the search must not miss: stable gone, abort, canary left valid and live."""
+    model = RolloutModel()
+    try:
+        model.fleet_of_two_versions(stable=2, canary=1)
+        model.canary_start("1.1", None)
+        model.time_passes(1.0)
+        model.every_instance_of_a_version_stops("1.0")
+        model.operator("abort")  # check_rollback asserts the invariants
+        rollout = model.rollout()
+        assert rollout is not None
+        assert rollout.phase is Phase.ABORTED
+        assert "left valid" in rollout.reason
+        assert "1.1" in model.fleet().live
+    finally:
+        model.teardown()
+
+
+def test_a_canary_of_the_version_serving_everything_is_refused() -> None:
+    """After a promotion, a 'canary' of the production version is refused; nothing changes."""
+    model = RolloutModel()
+    try:
+        model.fleet_of_two_versions(stable=2, canary=1)
+        model.canary_start("1.1", None)
+        model.operator("promote_full")
+        assert model.rollout().phase is Phase.SUCCEEDED  # type: ignore[union-attr]
+        fleet = model.fleet()
+        with pytest.raises(RolloutError, match="already serves 100%"):
+            choose_stable(fleet, canary="1.1")
+    finally:
+        model.teardown()
