@@ -39,6 +39,8 @@ from controller._rollout import Phase, Rollout, RolloutError, RolloutStore, star
 from strategies import CanaryStrategy, Fleet
 
 pytest.importorskip("lupa", reason="fakeredis needs its lua extra for EVALSHA")
+# 500 examples take about 30 s alone and over 60 s beside the rest of the suite on 2 cores.
+pytestmark = pytest.mark.timeout(300)
 
 SERVICE = "shop"
 VERSIONS = ("1.0", "1.1", "1.2")
