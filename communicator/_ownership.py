@@ -58,11 +58,12 @@ class Ownership:
         """
         r = self._router
         ttl = r.config.lease_ttl
-        owned = r.table.owned()
+        r.table.trim()
+        leased = r.table.leased()  # lapsed ones too: a late renewal must not lose them
         started = time.monotonic()
-        for partition, ok in zip(owned, await r.leases.renew(owned), strict=True):
+        for partition, ok in zip(leased, await r.leases.renew(leased), strict=True):
             if ok:
-                r.table.extend(partition, started + ttl - margin)
+                await self.resume(partition, started + ttl - margin)
             else:
                 logger.warning("lost the lease of partition %d", partition)
                 r.table.drop(partition)
@@ -71,7 +72,7 @@ class Ownership:
             return
         live = await r.leases.heartbeat(time.time(), stale_after=ttl)
         share = Leases.share(r.table.count, live)
-        mine = set(r.table.owned())
+        mine = set(r.table.leased())
         owners = await r.leases.owners(r.table.count)
         free = [p for p in range(r.table.count) if p not in owners and p not in mine]
         random.shuffle(free)
@@ -88,6 +89,7 @@ class Ownership:
                 continue
             started = time.monotonic()
             if await r.leases.claim(partition):
+                r.table.lease(partition)
                 await self.take_over(partition, started + ttl - margin)
                 mine.add(partition)
         if not free:
@@ -119,7 +121,7 @@ class Ownership:
         connection dropped. If Redis fails meanwhile, the leases lapse in ``lease_ttl``.
         """
         r = self._router
-        owned = r.table.owned()
+        owned = r.table.leased()
         prints = [(partition, r.table.release(partition)) for partition in owned]
         for partition in owned:
             r.cache.forget(partition)
@@ -133,20 +135,47 @@ class Ownership:
         r = self._router
         await r.cache.load(partition)
         checkpoint = await r.leases.checkpoint(partition)
-        prints = checkpoint[1] if checkpoint else None
-        replayed = 0
-        while True:
-            batch = r.table.take_over(partition, prints)
-            prints = None
-            if not batch:
-                break
-            for received in batch:
-                await r.route(partition, received)
-            replayed += len(batch)
-        r.table.extend(partition, deadline)  # no await since the buffer was found empty
+        r.table.skip_to(partition, checkpoint[1] if checkpoint else None)
+        replayed = await self._replay(partition, deadline)
         if replayed:
             logger.info("took partition %d over; replayed %d messages", partition, replayed)
         await r.deliver_cached()
+
+    async def resume(self, partition: int, deadline: float) -> None:
+        """Route ``partition`` on after a renewal: first what was held while the lease lapsed.
+
+        A renewal that succeeds proves the lease stayed ours all along, so nobody
+        else routed what we held meanwhile: it is replayed, in order, before any
+        newer message of the partition.
+        """
+        if replayed := await self._replay(partition, deadline):
+            logger.warning(
+                "partition %d: lease renewed late; routed the %d messages held meanwhile",
+                partition,
+                replayed,
+            )
+
+    async def _replay(self, partition: int, deadline: float) -> int:
+        """Route the held messages of ``partition``, then route it live until ``deadline``.
+
+        Messages that arrive meanwhile are held behind the ones replayed, so the
+        order is kept. If ``deadline`` passes first, the rest waits for the next
+        renewal (routing past it could race a new owner).
+        """
+        r = self._router
+        replayed = 0
+        while time.monotonic() < deadline:
+            received = r.table.next_held(partition)
+            if received is None:
+                r.table.extend(partition, deadline)  # no await since the buffer was found empty
+                break
+            r.in_flight = partition
+            try:
+                await r.route(partition, received)
+            finally:
+                r.in_flight = None
+            replayed += 1
+        return replayed
 
     async def checkpoint_loop(self) -> None:
         """Record our progress in each partition we route, every ``checkpoint_every`` seconds."""

@@ -43,7 +43,8 @@ class Received:
 
 @dataclass(slots=True)
 class _Partition:
-    deadline: float = 0.0  # monotonic time until which we own it; 0 when we do not
+    leased: bool = False  # we hold its lease in Redis (as far as we know)
+    deadline: float = 0.0  # monotonic time until which we route it; 0 when we do not
     buffer: deque[Received] = field(default_factory=deque)
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=CHECKPOINT_DEPTH))
     dirty: bool = False  # progress not yet checkpointed
@@ -73,13 +74,29 @@ class PartitionTable:
         now = time.monotonic()
         return [i for i, part in enumerate(self._parts) if part.deadline > now]
 
+    def leased(self) -> list[int]:
+        """The partitions whose lease we hold, routed now or not (lapsed, being taken over)."""
+        return [i for i, part in enumerate(self._parts) if part.leased]
+
+    def lease(self, partition: int) -> None:
+        """Record a claimed lease; its messages are held until :meth:`extend`."""
+        self._parts[partition].leased = True
+
     def extend(self, partition: int, deadline: float) -> None:
-        """Record a renewed lease: we own ``partition`` until ``deadline`` (monotonic)."""
-        self._parts[partition].deadline = deadline
+        """Route ``partition`` until ``deadline`` (monotonic): its lease is ours till then.
+
+        Only once its buffer is empty (see :meth:`next_held`): a partition we route
+        never has a message waiting, so routing keeps every sender's order.
+        """
+        part = self._parts[partition]
+        assert not part.buffer, "replay the held messages before routing new ones"
+        part.leased = True
+        part.deadline = deadline
 
     def drop(self, partition: int) -> None:
         """Forget the ownership of ``partition`` (lost or released lease)."""
         part = self._parts[partition]
+        part.leased = False
         part.deadline = 0.0
         part.recent.clear()
         part.dirty = False
@@ -91,15 +108,31 @@ class PartitionTable:
         return prints
 
     def hold(self, partition: int, message: Received) -> None:
-        """Buffer a message of a partition we do not own, trimming by age and size."""
-        buffer = self._parts[partition].buffer
-        buffer.append(message)
-        horizon = message.at - self._buffer_seconds
+        """Buffer a message of a partition we do not route now, trimming by size (and age).
+
+        The messages of a partition whose lease we still hold are ours to route:
+        they are never trimmed by age, only by the size bound (and counted).
+        """
+        part = self._parts[partition]
+        part.buffer.append(message)
+        if not part.leased:
+            self._trim(part, message.at)
+        while len(part.buffer) > self._buffer_size:
+            part.buffer.popleft()
+            self.overflowed += 1
+
+    def trim(self, now: float | None = None) -> None:
+        """Forget held messages older than the buffer time, of partitions others route."""
+        now = time.monotonic() if now is None else now
+        for part in self._parts:
+            if not part.leased:
+                self._trim(part, now)
+
+    def _trim(self, part: _Partition, now: float) -> None:
+        horizon = now - self._buffer_seconds
+        buffer = part.buffer
         while buffer and buffer[0].at < horizon:
             buffer.popleft()
-        while len(buffer) > self._buffer_size:
-            buffer.popleft()
-            self.overflowed += 1
 
     def routed(self, partition: int, message: Received) -> None:
         """Note that ``message`` was routed, for the next checkpoint."""
@@ -114,23 +147,31 @@ class PartitionTable:
                 part.dirty = False
                 yield index, list(part.recent)
 
-    def take_over(self, partition: int, checkpoint: list[int] | None) -> list[Received]:
-        """Empty the buffer of ``partition``, returning what came after ``checkpoint``.
+    def skip_to(self, partition: int, checkpoint: list[int] | None) -> int:
+        """Forget what the buffer of ``partition`` holds up to ``checkpoint``; how many.
 
-        The replay starts after the earliest place where the buffer holds the
-        checkpoint's fingerprints in a row: an ambiguous match costs duplicates,
-        never a loss. With no checkpoint, or no match, everything is replayed.
+        Called when taking a partition over, before replaying the rest with
+        :meth:`next_held`. The replay starts after the earliest place where the
+        buffer holds the checkpoint's fingerprints in a row: an ambiguous match
+        costs duplicates, never a loss. With no checkpoint, or no match,
+        everything is replayed.
         """
-        part = self._parts[partition]
-        buffered = list(part.buffer)
-        part.buffer.clear()
-        if checkpoint:
-            prints = [m.fingerprint for m in buffered]
-            depth = len(checkpoint)
-            for end in range(depth, len(prints) + 1):
-                if prints[end - depth : end] == checkpoint:
-                    return buffered[end:]
-        return buffered
+        buffer = self._parts[partition].buffer
+        if not checkpoint:
+            return 0
+        prints = [m.fingerprint for m in buffer]
+        depth = len(checkpoint)
+        for end in range(depth, len(prints) + 1):
+            if prints[end - depth : end] == checkpoint:
+                for _ in range(end):
+                    buffer.popleft()
+                return end
+        return 0
+
+    def next_held(self, partition: int) -> Received | None:
+        """Take the oldest held message of ``partition`` (to replay it); ``None`` when empty."""
+        buffer = self._parts[partition].buffer
+        return buffer.popleft() if buffer else None
 
     def buffered(self, partition: int) -> int:
         """How many messages wait in the buffer of ``partition``."""

@@ -128,7 +128,7 @@ class Requests:
         answer = router.tracker.answer(replier.client_id, in_reply_to, error=error)
         if answer is not None:
             return await self.answered(answer.pending, replier, in_reply_to, message)
-        if len(router.table.owned()) == router.table.count:
+        if len(router.table.leased()) == router.table.count:
             return False  # no other communicator routes requests: nobody will hand this over
         # Another communicator routed the request: hold the reply until its hand-off comes.
         await self.hold(partition, replier, in_reply_to, message)

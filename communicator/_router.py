@@ -49,6 +49,11 @@ from communicator._validators import parse_duration
 
 logger = logging.getLogger(__name__)
 
+#: Messages routed in a row before the other tasks get a turn. Routing a message
+#: rarely waits, so a flood would otherwise starve the lease renewals until the
+#: partitions lapse.
+YIELD_EVERY = 64
+
 
 def _correlation(message: Message) -> dict[str, str]:
     """``in_reply_to`` for an answer from the router to a request, so the requester can match it."""
@@ -194,6 +199,7 @@ class Router:
                     tls=tls,
                     timeout=self.settings.connect_timeout,
                 )
+                routed = 0
                 async with link:
                     self._link = link
                     self.connections += 1
@@ -205,6 +211,9 @@ class Router:
                     logger.info("router %s connected to the broker", self.router_id)
                     async for message in link:
                         await self._on_mqtt(message.topic, message.payload)
+                        routed += 1
+                        if routed % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)  # let renewals run during a flood
             except (LinkError, OSError) as exc:
                 self.listening = False
                 if being_cancelled() or self._stopping.is_set():

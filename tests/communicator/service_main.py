@@ -99,11 +99,12 @@ async def main() -> None:
                 say("reply", message=answer.model_dump())
             except ClientError as exc:  # RequestFailed, or not connected
                 say("failed", error=str(exc))
-        elif "burst" in order:  # {"burst": "svc/CMD", "count": n[, "rate": r]}: numbered
+        elif "burst" in order:  # {"burst": "svc/CMD", "count": n[, "rate": r, "stamp": true]}
             glue = ";" if " " in order["burst"] else " "
             pause = 1 / order["rate"] if order.get("rate") else 0.0  # else as fast as possible
             for seq in range(order["count"]):
-                await client.send(parse_line(f"{order['burst']}{glue}seq={seq}"))
+                stamp = f";sent={time.time():.6f}" if order.get("stamp") else ""
+                await client.send(parse_line(f"{order['burst']}{glue}seq={seq}{stamp}"))
                 if pause:
                     await asyncio.sleep(pause)
             say("sent")
