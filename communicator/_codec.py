@@ -4,15 +4,25 @@ Text line::
 
     [<from_server:from_service ][server:][service/]COMMAND[ name=value;...]
 
-In values ``\`` is written ``\\``, LF ``\n`` and CR ``\r``; a value that
-holds ``;`` or starts with ``"`` is double-quoted, with ``\"`` inside. A
-payload starting with ``{`` is the JSON form. Decoding never raises anything
-but :class:`MessageError`, which names the problem and its position.
+In values ``\`` is written ``\\``, LF ``\n``, CR ``\r`` and every other
+control character (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) ``\xHH``
+with two lower-case hex digits; a value that holds ``;`` or starts with ``"``
+is double-quoted, with ``\"`` inside. Readers refuse a raw control character
+anywhere in a line, naming its position; names never hold one.
+
+A payload starting with ``{`` is the JSON form: standard JSON, where control
+characters in strings are escaped (JSON itself refuses raw U+0000-U+001F; the
+writer escapes U+007F-U+009F too, so neither form ever writes a raw control
+character). Every key may appear once per object. Both forms carry exactly the
+same messages, and ``decode(encode(m)) == m`` for every valid message ``m``.
+Decoding never raises anything but :class:`MessageError`, which names the
+problem and, where known, its position.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from communicator._errors import MessageError
@@ -30,15 +40,30 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 
 _JSON_FIELDS = ("command", "server", "service", "sent_from_server", "sent_from_service")
 _UNESCAPE = {"\\": "\\", "n": "\n", "r": "\r", '"': '"'}
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
+#: Control characters (Unicode category Cc), never raw in a text line.
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_CONTROL_RE = re.compile(f"[{_CONTROL}]")
+_CONTROL_CHARS = frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
+_NEEDS_ESCAPE_RE = re.compile(rf"[\\{_CONTROL}]")
+_NEEDS_FULL_PARSER_RE = re.compile(rf'[\\"{_CONTROL}]')
+_HEX_RE = re.compile(r"[0-9a-fA-F]{2}")
+#: Control characters ``json.dumps(ensure_ascii=False)`` writes raw.
+_JSON_RAW_CONTROL_RE = re.compile(r"[\x7f-\x9f]")
 WireForm = Literal["text", "json"]
 
 
 # -- text form -------------------------------------------------------------------------------
 
 
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or f"\\x{ord(char):02x}"
+
+
 def _escape(value: str) -> str:
-    if "\\" in value or "\n" in value or "\r" in value:
-        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    if _NEEDS_ESCAPE_RE.search(value):
+        value = _NEEDS_ESCAPE_RE.sub(_escape_one, value)
     if ";" in value or value.startswith('"'):
         return '"' + value.replace('"', '\\"') + '"'
     return value
@@ -60,9 +85,17 @@ def format_line(message: Message) -> str:
     return "".join(parts)
 
 
-def _check(problem: str | None, position: int) -> None:
-    if problem is not None:
-        raise MessageError(problem, position)
+def _check(problem: str | None, position: int, name: str) -> None:
+    """Raise ``problem`` about ``name`` at ``position``, pointing at a control character in it."""
+    if problem is None:
+        return
+    control = _CONTROL_RE.search(name)
+    if control is not None:
+        code = ord(control.group())
+        raise MessageError(
+            f"raw control character U+{code:04X}: {problem}", position + control.start()
+        )
+    raise MessageError(problem, position)
 
 
 def _parse_header(line: str) -> tuple[dict[str, Any], int]:
@@ -78,9 +111,11 @@ def _parse_header(line: str) -> tuple[dict[str, Any], int]:
             raise MessageError("'<from_server:from_service' needs a ':' between the names", 1)
         from_server, from_service = origin.split(":", 1)
         if from_server:
-            _check(name_problem("sent_from_server", from_server), 1)
+            _check(name_problem("sent_from_server", from_server), 1, from_server)
         if from_service:
-            _check(name_problem("sent_from_service", from_service), 2 + len(from_server))
+            _check(
+                name_problem("sent_from_service", from_service), 2 + len(from_server), from_service
+            )
         fields["sent_from_server"] = from_server
         fields["sent_from_service"] = from_service
         pos = end + 1
@@ -90,28 +125,31 @@ def _parse_header(line: str) -> tuple[dict[str, Any], int]:
     target = line[pos:end]
     server, sep, rest = target.partition(":")
     if sep:
-        _check(name_problem("server", server, extra=frozenset({ALL_SERVERS})), pos)
+        _check(name_problem("server", server, extra=frozenset({ALL_SERVERS})), pos, server)
         fields["server"] = server
         pos += len(server) + 1
     else:
         rest = target
     service, sep, command = rest.partition("/")
     if sep:
-        _check(name_problem("service", service, extra=BROADCAST_SERVICES), pos)
+        _check(name_problem("service", service, extra=BROADCAST_SERVICES), pos, service)
         fields["service"] = service
         pos += len(service) + 1
     else:
         command = rest
     if not command:
         raise MessageError("the message has no command", pos)
-    _check(command_problem(command), pos)
+    _check(command_problem(command), pos, command)
     fields["command"] = command
     return fields, end
 
 
 def _parse_parameters_fast(text: str) -> dict[str, str] | None:
-    """Parse parameters with no quotes nor escapes; ``None`` sends the caller to the full parser."""
-    if '"' in text or "\\" in text or "\n" in text or "\r" in text:
+    """Parse parameters with no quotes, escapes nor control characters; ``None`` if it cannot.
+
+    ``None`` sends the caller to the full parser, which also explains what is wrong.
+    """
+    if _NEEDS_FULL_PARSER_RE.search(text):
         return None
     parameters: dict[str, str] = {}
     for item in text.split(";"):
@@ -120,6 +158,31 @@ def _parse_parameters_fast(text: str) -> dict[str, str] | None:
             return None
         parameters[name] = value
     return parameters
+
+
+def _unescape(line: str, j: int, name: str) -> str:
+    """The character written by the escape at ``line[j]`` (a backslash) in the value of ``name``."""
+    follower = line[j + 1] if j + 1 < len(line) else ""
+    if follower == "x":
+        digits = line[j + 2 : j + 4]
+        if _HEX_RE.fullmatch(digits):
+            return chr(int(digits, 16))
+        raise MessageError(
+            f"bad escape in the value of {name!r}: \\x needs two hex digits (\\x00 to \\xff)", j
+        )
+    escaped = _UNESCAPE.get(follower)
+    if escaped is None:
+        raise MessageError(
+            f'bad escape in the value of {name!r}: only \\\\, \\n, \\r, \\" and \\xHH exist', j
+        )
+    return escaped
+
+
+def _raw_control_problem(char: str, name: str) -> str:
+    if char in "\n\r":
+        return f"raw line break in the value of {name!r}; write \\n or \\r"
+    code = ord(char)
+    return f"raw control character U+{code:04X} in the value of {name!r}; write \\x{code:02x}"
 
 
 def _parse_parameters(line: str, start: int) -> dict[str, str]:
@@ -136,7 +199,7 @@ def _parse_parameters(line: str, start: int) -> dict[str, str]:
                 raise MessageError("empty parameter (remove the stray ';' or add name=value)", i)
             raise MessageError(f"parameter {line[i:stop]!r} has no '=' (write name=value)", i)
         name = line[i:eq]
-        _check(name_problem("parameter", name), i)
+        _check(name_problem("parameter", name), i, name)
         if name in parameters:
             raise MessageError(f"parameter {name!r} is given twice", i)
         j = eq + 1
@@ -154,17 +217,11 @@ def _parse_parameters(line: str, start: int) -> dict[str, str]:
                 break
             c = line[j]
             if c == "\\":
-                escaped = _UNESCAPE.get(line[j + 1]) if j + 1 < n else None
-                if escaped is None:
-                    raise MessageError(
-                        f'bad escape in the value of {name!r}: only \\\\, \\n, \\r and \\" exist',
-                        j,
-                    )
-                chars.append(escaped)
-                j += 2
+                chars.append(_unescape(line, j, name))
+                j += 4 if line[j + 1] == "x" else 2
                 continue
-            if c in "\n\r":
-                raise MessageError(f"raw line break in the value of {name!r}; write \\n or \\r", j)
+            if c in _CONTROL_CHARS:
+                raise MessageError(_raw_control_problem(c, name), j)
             if quoted and c == '"':
                 j += 1
                 if j < n and line[j] != ";":
@@ -216,7 +273,23 @@ def format_json(message: Message) -> str:
             data[field] = value
     if message.parameters:
         data["parameters"] = message.parameters
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    if _JSON_RAW_CONTROL_RE.search(text):
+        # Only inside strings: JSON allows them raw, but no form writes a raw control character.
+        text = _JSON_RAW_CONTROL_RE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    return text
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key given twice (the text form refuses it too)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise MessageError(f"JSON key {key!r} is given twice (send it once)")
+            seen.add(key)
+    return result
 
 
 def _string_problem(where: str, value: object) -> str | None:
@@ -231,12 +304,15 @@ def parse_json(text: str) -> Message:
     """Read a message in the JSON form.
 
     Raises:
-        MessageError: Invalid JSON (with its position) or a field of the wrong shape (named).
+        MessageError: Invalid JSON (with its position), a key given twice, or a field of the
+            wrong shape (named).
     """
     if len(text) > MAX_MESSAGE_BYTES:
         raise MessageError(f"message longer than {MAX_MESSAGE_BYTES} characters", MAX_MESSAGE_BYTES)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except MessageError:
+        raise
     except json.JSONDecodeError as exc:
         raise MessageError(f"invalid JSON: {exc.msg}", exc.pos) from None
     except (ValueError, RecursionError) as exc:  # over-long integers, absurd nesting

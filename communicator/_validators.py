@@ -3,6 +3,10 @@
 Each validator is a small pydantic model, chosen by its ``type`` in a
 definition file, with one method: :meth:`problem` says what is wrong with a
 value, or returns ``None``. Values on the wire are always strings.
+
+:func:`global_parameter_problems` checks the global parameters the communicator
+acts on (``cache``, ``ttl``, ``timeout``, ``transmission_report``,
+``message_id``, ``in_reply_to``) whether or not it validates messages strictly.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ import math
 import re
 from datetime import datetime
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from communicator._definitions import Problem
+    from communicator._message import Message
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -331,3 +339,62 @@ Validator = Annotated[
 ]
 
 ListValidator.model_rebuild()
+
+
+#: Start of the communicator's own ``message_id`` values (``~shadow.<n>``); no client may use it.
+RESERVED_ID_PREFIX = "~"
+#: Longest ``message_id`` or ``in_reply_to``, in characters.
+MAX_ID_LENGTH = 128
+
+#: The global parameters the communicator acts on, each with its rule and what to send instead.
+#: The rules are those of ``definitions/_globals.yaml`` (a test keeps them equal), except that
+#: ``in_reply_to`` is only bounded: it carries back whatever id the request had, ours included.
+_GLOBAL_RULES: dict[str, tuple[_Validator, str]] = {
+    "cache": (EnumValidator(values=["yes", "no"]), "send cache=yes or cache=no"),
+    "ttl": (
+        DurationValidator(min=0, max=86400),
+        "send a duration from 0s to 1d, like ttl=60s, or leave ttl out for the default",
+    ),
+    "timeout": (
+        DurationValidator(min=0.001, max=3600),
+        "send a duration from 1ms to 1h, like timeout=30s, or leave timeout out for the default",
+    ),
+    "transmission_report": (
+        EnumValidator(values=["failure"]),
+        "send transmission_report=failure, or leave it out",
+    ),
+    "message_id": (
+        StringValidator(min_length=1, max_length=MAX_ID_LENGTH, regex=r"[A-Za-z0-9_.:-]+"),
+        f"send 1 to {MAX_ID_LENGTH} of A-Z a-z 0-9 _ . : - (like web_01.42)",
+    ),
+    "in_reply_to": (
+        StringValidator(min_length=1, max_length=MAX_ID_LENGTH),
+        "send back the message_id of the request unchanged",
+    ),
+}
+
+
+def global_parameter_problems(message: Message) -> list[Problem]:
+    """Check the global parameters the communicator acts on, strict mode or not.
+
+    Returns:
+        One problem per bad parameter, naming it and saying what to send instead; empty when
+        all are fine or absent. Other parameters are not looked at.
+    """
+    from communicator._definitions import Problem  # here: _definitions imports this module
+
+    problems: list[Problem] = []
+    for name, (rule, instead) in _GLOBAL_RULES.items():
+        value = message.parameters.get(name)
+        if value is None:
+            continue
+        if name == "message_id" and value.startswith(RESERVED_ID_PREFIX):
+            problem: str | None = (
+                f"{_show(value)} starts with {RESERVED_ID_PREFIX!r}, which is reserved for"
+                " the communicator's own ids"
+            )
+        else:
+            problem = rule.problem(value)
+        if problem:
+            problems.append(Problem(f"{problem}; {instead}", name))
+    return problems

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -17,7 +20,25 @@ from communicator import (
     parse_line,
 )
 from communicator._codec import MAX_MESSAGE_BYTES
-from tests.communicator.strategies import messages
+from tests.communicator.strategies import messages, names
+
+#: Every control character (Unicode category Cc), which no form writes raw.
+CONTROL = [chr(code) for code in [*range(0x20), *range(0x7F, 0xA0)]]
+ESCAPE_ALPHABET = [*'X a=;"\\x0f{}[]:,u', *CONTROL[:3], "\x7f"]
+RAW_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Values made mostly of control characters and the characters the text form escapes.
+control_values = st.text(
+    alphabet=st.one_of(st.sampled_from([*CONTROL, *';="\\ x']), st.characters(codec="utf-8")),
+    max_size=20,
+)
+
+
+@st.composite
+def control_messages(draw: st.DrawFn) -> Message:
+    """A valid message whose parameter values are full of control characters."""
+    return Message(
+        command="X", parameters=draw(st.dictionaries(names, control_values, min_size=1, max_size=4))
+    )
 
 
 @given(messages())
@@ -49,6 +70,7 @@ def _decodes_or_message_error(payload: bytes | str) -> None:
         # Whatever decodes is a valid message that survives a round trip.
         assert Message.model_validate(message.model_dump()) == message
         assert decode(encode(message)) == message
+        assert decode(encode(message, "json")) == message
 
 
 @given(st.binary(max_size=200))
@@ -65,6 +87,18 @@ def test_random_bytes_give_a_message_error_or_a_message(payload: bytes) -> None:
 def test_random_text_gives_a_message_error_or_a_message(text: str) -> None:
     """Text made of the syntax's own characters never breaks the decoder."""
     _decodes_or_message_error(text)
+
+
+@given(st.text(alphabet=st.sampled_from(ESCAPE_ALPHABET), max_size=50))
+@example('{"command":"X","parameters":{"a":"1","a":{"b":1,"b":2}}}')
+@example("X a=\\x")
+@example("X a=\\x4")
+def test_random_escapes_and_control_characters_give_a_message_error_or_a_message(
+    text: str,
+) -> None:
+    """Escapes, raw control characters and JSON punctuation never break the decoder."""
+    _decodes_or_message_error(text)
+    _decodes_or_message_error("{" + text)
 
 
 @given(messages(), st.data())
@@ -105,10 +139,15 @@ def test_text_form_full_example() -> None:
         ("back\\slash", r"v=back\\slash"),
         ("two\nlines\r", r"v=two\nlines\r"),
         ("a=b", "v=a=b"),
+        ("nul\x00", r"v=nul\x00"),
+        ("tab\tesc\x1b", r"v=tab\x09esc\x1b"),
+        ("del\x7fnel\x85", r"v=del\x7fnel\x85"),
+        ("é\u2028", "v=é\u2028"),
+        ("bell\x07;", r'v="bell\x07;"'),
     ],
 )
 def test_values_are_escaped_and_quoted_as_documented(value: str, wire: str) -> None:
-    """Backslash, LF, CR are escaped; a value with ';' or a leading '"' is quoted."""
+    """Backslash, LF, CR and control characters are escaped; ';' or a leading '"' is quoted."""
     line = format_line(Message(command="X", parameters={"v": value}))
     assert line == f"X {wire}"
     assert parse_line(line).parameters == {"v": value}
@@ -134,6 +173,18 @@ def test_values_are_escaped_and_quoted_as_documented(value: str, wire: str) -> N
         ('CMD a="x"y', "expected ';'", 9),
         (r"CMD a=\q", "bad escape", 6),
         ("CMD a=x\ny", "raw line break", 7),
+        ("CMD a=x\ry", "raw line break", 7),
+        ("CMD a=x\x00y", "raw control character U+0000 in the value of 'a'; write \\x00", 7),
+        ('CMD a=1;b="\ty"', "raw control character U+0009 in the value of 'b'", 11),
+        ("CMD a=\x7f", "U+007F", 6),
+        ("CMD a=\x85", "U+0085", 6),
+        ("CM\x00D a=1", "raw control character U+0000: command", 2),
+        ("<w\x1b:f CMD", "raw control character U+001B: sent_from_server", 2),
+        ("srv:sv\x01c/CMD", "raw control character U+0001: service", 6),
+        ("CMD a=1;b\x00=2", "raw control character U+0000: parameter name", 9),
+        (r"CMD a=\x4", "two hex digits", 6),
+        (r"CMD a=\xg0", "two hex digits", 6),
+        (r"CMD a=\X41", "bad escape", 6),
     ],
 )
 def test_text_form_errors_name_the_problem_and_position(
@@ -158,6 +209,12 @@ def test_text_form_errors_name_the_problem_and_position(
         ('{"command":"X","parameters":[]}', "parameters must be an object"),
         ('{"command":"X","service":"a b"}', "service name"),
         ('{"command":"X","parameters":{"a":"\\ud800"}}', "lone surrogate"),
+        ('{"command":"X","command":"Y"}', "JSON key 'command' is given twice"),
+        ('{"command":"X","parameters":{"a":"1","a":"1"}}', "JSON key 'a' is given twice"),
+        ('{"command":"X","parameters":{},"parameters":{}}', "JSON key 'parameters' is given"),
+        ('{"command":"X","parameters":{"a":"\x00"}}', "Invalid control character"),
+        ('{"command":"X","service":"a\\u0000"}', "service name 'a\\x00'"),
+        ('{"command":"X\\t"}', "command 'X\\t'"),
     ],
 )
 def test_json_form_errors_name_the_problem(text: str, reason: str) -> None:
@@ -208,3 +265,77 @@ def test_reply_goes_back_to_the_sender() -> None:
     assert request.reply("ABSOLUTELY", serial="3") == Message(
         command="ABSOLUTELY", server="web1", service="front", parameters={"serial": "3"}
     )
+
+
+@given(control_messages(), st.sampled_from(["text", "json"]))
+def test_control_characters_round_trip_and_never_go_out_raw(message: Message, form: str) -> None:
+    """Values full of control characters survive both forms, and neither writes one raw."""
+    payload = encode(message, form)  # type: ignore[arg-type]
+    assert decode(payload) == message
+    assert not RAW_CONTROL_RE.search(payload.decode("utf-8"))
+
+
+@given(messages())
+def test_both_forms_read_the_same_message(message: Message) -> None:
+    """The text and JSON forms of a message decode to the same message."""
+    assert decode(encode(message, "text")) == decode(encode(message, "json"))
+
+
+#: Characters a value may hold without quotes or escapes.
+plain = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters=[*CONTROL, ";", '"', "\\"]),
+    max_size=10,
+)
+
+
+@given(plain, st.sampled_from(CONTROL), plain, st.booleans())
+@example("", "\n", "", False)
+def test_a_raw_control_character_is_refused_where_it_is(
+    before: str, control: str, after: str, quoted: bool
+) -> None:
+    """A raw control character in a value, quoted or not, is refused at its exact position."""
+    quote = '"' if quoted else ""
+    line = f"X a={quote}{before}{control}{after}{quote}"
+    with pytest.raises(MessageError) as caught:
+        parse_line(line)  # decode() would forgive one trailing line break
+    assert caught.value.position == len(f"X a={quote}{before}")
+    assert "in the value of 'a'" in caught.value.reason
+    assert f"U+{ord(control):04X}" in caught.value.reason or "line break" in caught.value.reason
+
+
+@given(st.integers(0, 255), st.booleans())
+def test_hex_escapes_read_any_character_up_to_ff(code: int, upper: bool) -> None:
+    r"""``\xHH`` stands for U+00HH, in either case of hex digits."""
+    digits = f"{code:02X}" if upper else f"{code:02x}"
+    assert parse_line(f"X a=\\x{digits}").parameters == {"a": chr(code)}
+
+
+def test_json_reader_takes_raw_control_characters_that_json_allows() -> None:
+    """Raw DEL and C1 characters are standard JSON, read as is (the writer escapes them)."""
+    message = parse_json('{"command":"X","parameters":{"a":"\x7f\x85"}}')
+    assert message.parameters == {"a": "\x7f\x85"}
+    assert format_json(message) == '{"command":"X","parameters":{"a":"\\u007f\\u0085"}}'
+    assert decode(b'{\n  "command": "X"\n}\n') == Message(command="X")  # JSON whitespace
+
+
+@given(st.lists(names, min_size=1, max_size=5, unique=True), st.data())
+def test_json_duplicate_parameters_are_refused(keys: list[str], data: st.DataObject) -> None:
+    """A parameter given twice in JSON is refused, naming it, like in the text form."""
+    twice = data.draw(st.sampled_from(keys))
+    pairs = [*keys, twice]
+    body = ",".join(f"{json.dumps(k)}:{json.dumps('v')}" for k in pairs)
+    text = f'{{"command":"X","parameters":{{{body}}}}}'
+    with pytest.raises(MessageError, match=f"JSON key {twice!r} is given twice"):
+        decode(text)
+    with pytest.raises(MessageError, match="given twice"):
+        parse_line("X " + ";".join(f"{k}=v" for k in pairs))
+
+
+@given(messages(), st.data())
+def test_json_duplicate_fields_are_refused(message: Message, data: st.DataObject) -> None:
+    """Any top-level field given twice is refused, even with the same value."""
+    fields = json.loads(format_json(message))
+    field = data.draw(st.sampled_from(sorted(fields)))
+    text = format_json(message)[:-1] + f",{json.dumps(field)}:{json.dumps(fields[field])}}}"
+    with pytest.raises(MessageError, match=f"JSON key {field!r} is given twice"):
+        decode(text.encode())

@@ -1,4 +1,4 @@
-"""Every parameter validator: valid and invalid values, edges of ranges, and never a crash."""
+"""Every parameter validator, and the global parameter check: valid and invalid values, edges."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import ipaddress
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from communicator import Validator, parse_duration, parse_timestamp
+from communicator import Message, MessageDefinitions, Validator, parse_duration, parse_timestamp
+from communicator._message import _SURROGATE_RE
+from communicator._validators import _GLOBAL_RULES, MAX_ID_LENGTH, global_parameter_problems
 
 validator = TypeAdapter(Validator).validate_python
+SHIPPED_GLOBALS = MessageDefinitions.load().global_parameters
 
 
 def problems(spec: object, *values: str) -> list[str | None]:
@@ -250,3 +253,100 @@ def test_unknown_type_is_refused() -> None:
     """A type that does not exist is refused with the list of known ones."""
     with pytest.raises(ValidationError, match="address\\(ip:port\\)"):
         validator({"type": "uuid"})
+
+
+# -- global parameters, checked in every mode ------------------------------------------------
+
+#: Values the shipped definitions and the docs accept, per global parameter.
+DOCUMENTED_GOOD = {
+    "cache": ["yes", "no"],
+    "ttl": ["0", "60", "60s", "250ms", "5m", "1h30m", "1d", "86400"],
+    "timeout": ["1ms", "0.5", "30s", "1h", "3600"],
+    "transmission_report": ["failure"],
+    "message_id": ["web_01.42", "a", "A-z.0:9_", "x" * 128],
+    "in_reply_to": ["web_01.42", "~shadow.3", "~noise.1", "any text", "x" * 128],
+}
+#: Values refused, per global parameter (the independent test's findings among them).
+DOCUMENTED_BAD = {
+    "cache": ["maybe", "", "YES", "true"],
+    "ttl": ["bogus", "-5", "", "1.5x", "86401", "2d", "9" * 400],
+    "timeout": ["-1", "0", "0s", "0.0001", "3601", "1d", "nan"],
+    "transmission_report": ["yes", "", "always", "Failure"],
+    "message_id": ["~shadow.x", "~", "", "a b", "x" * 129, "é", "a\nb", "a\x00"],
+    "in_reply_to": ["", "x" * 129],
+}
+
+
+def global_problems(**parameters: str) -> list[str]:
+    return [str(p) for p in global_parameter_problems(Message(command="X", parameters=parameters))]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [(n, v) for n, values in DOCUMENTED_GOOD.items() for v in values]
+)
+def test_global_parameters_accept_the_documented_values(name: str, value: str) -> None:
+    """Every value the docs allow for a global parameter passes, strict mode or not."""
+    assert global_problems(**{name: value}) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [(n, v) for n, values in DOCUMENTED_BAD.items() for v in values]
+)
+def test_global_parameters_refuse_the_rest_saying_what_to_send(name: str, value: str) -> None:
+    """A bad global parameter gets one problem naming it and saying what to send instead."""
+    (problem,) = global_problems(**{name: value})
+    assert problem.startswith(f"{name}: ")
+    assert "send" in problem
+
+
+def test_a_client_message_id_may_not_use_the_reserved_prefix() -> None:
+    """``~`` starts the communicator's own ids (shadow copies); a client's is refused."""
+    (problem,) = global_problems(message_id="~shadow.1")
+    assert "reserved" in problem
+    assert global_problems(in_reply_to="~shadow.1") == []  # the reply to our own copy
+
+
+def test_every_bad_global_is_reported_and_others_are_left_alone() -> None:
+    """All bad globals are reported at once; other parameters are not looked at."""
+    problems = global_problems(
+        ttl="-5", cache="maybe", timeout="-1", message_id="~x", reply_to="!", item="\x00"
+    )
+    assert [p.split(":")[0] for p in problems] == ["cache", "ttl", "timeout", "message_id"]
+    assert global_problems() == []
+
+
+def test_global_rules_are_those_of_the_shipped_definitions() -> None:
+    """The always-on rules equal ``_globals.yaml``, except ``in_reply_to``, only bounded."""
+    for name, (rule, _) in _GLOBAL_RULES.items():
+        if name != "in_reply_to":
+            assert rule.model_dump() == SHIPPED_GLOBALS[name].value.model_dump(), name
+    assert set(_GLOBAL_RULES) == set(SHIPPED_GLOBALS) - {"reply_to"}  # reply_to: not acted on
+
+
+@given(st.sampled_from(sorted(_GLOBAL_RULES)), st.text(max_size=140))
+@example("message_id", "~shadow.1")
+@example("ttl", "1d1ms")
+@example("timeout", "1ms")
+def test_global_check_agrees_with_the_definitions(name: str, value: str) -> None:
+    """Whatever the value, the check refuses exactly what the shipped definition refuses."""
+    assume(not _SURROGATE_RE.search(value))
+    problems = global_problems(**{name: value})
+    if name == "in_reply_to":
+        refused = not 1 <= len(value) <= MAX_ID_LENGTH
+    else:
+        refused = SHIPPED_GLOBALS[name].value.problem(value) is not None
+    assert bool(problems) == refused
+    assert len(problems) <= 1
+
+
+@given(st.integers(0, 86400), st.sampled_from([("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]))
+def test_ttl_accepts_any_duration_up_to_a_day(number: int, unit: tuple[str, int]) -> None:
+    """Every duration from 0 to one day passes as ttl; anything longer does not."""
+    suffix, seconds = unit
+    assert (global_problems(ttl=f"{number}{suffix}") == []) == (number * seconds <= 86400)
+
+
+@given(st.from_regex(r"[A-Za-z0-9_.:-]{1,128}", fullmatch=True))
+def test_every_documented_message_id_passes(message_id: str) -> None:
+    """Any id of the documented characters and length passes, as message_id and in_reply_to."""
+    assert global_problems(message_id=message_id, in_reply_to=message_id) == []
