@@ -10,7 +10,9 @@ the socket at once (bench/bench_routing.py measures the difference).
 It does only what the router needs: a clean session without a will, QoS 0
 out, any QoS in (acknowledged as the specification asks), keep-alive, and
 back-pressure: when the router falls behind, or the broker stops taking our
-writes, the link stops reading, and the broker holds the rest.
+writes, the link stops reading, and the broker holds the rest. A message larger
+than ``max_packet_size`` is dropped as its bytes arrive, never held: one
+client's huge publish costs the router neither memory nor its connection.
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ from types import TracebackType
 from typing import cast
 
 from communicator import _mqtt_packets as packets
+from communicator._codec import MAX_MESSAGE_BYTES
 from communicator._mqtt_packets import PacketReader, ProtocolError, Publish
 
 logger = logging.getLogger(__name__)
+
+#: The largest packet the link reads: a payload of MAX_MESSAGE_BYTES, with room for
+#: the topic, its length, a packet id and the fixed header. `deployctl broker-config`
+#: gives Mosquitto the same ``max_packet_size``, so whatever the broker forwards fits.
+MAX_PACKET_SIZE = MAX_MESSAGE_BYTES + 4096
 
 
 class LinkError(ConnectionError):
@@ -60,13 +68,28 @@ class BrokerLink(asyncio.Protocol):
 
     Open it with :meth:`open`; use it as ``async with``. Iteration ends with
     :class:`LinkError` once the connection is gone and every message that
-    arrived before has been handed over.
+    arrived before has been handed over. Each message is a :class:`Publish`;
+    its ``retain`` says the broker kept it from before we subscribed.
+
+    Attributes:
+        keepalive: Seconds between our PINGREQs (half of it) and the broker's silence limit.
+        inbox_limit: Messages waiting to be taken before the link stops reading.
+        max_packet_size: Larger incoming PUBLISH packets are dropped unread (and acknowledged).
+        oversized: How many messages were dropped for their size.
     """
 
-    def __init__(self, *, keepalive: int = 30, inbox_limit: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        keepalive: int = 30,
+        inbox_limit: int = 10_000,
+        max_packet_size: int = MAX_PACKET_SIZE,
+    ) -> None:
         self.keepalive = keepalive
         self.inbox_limit = inbox_limit
-        self._reader = PacketReader()
+        self.max_packet_size = max_packet_size
+        self.oversized = 0
+        self._reader = PacketReader(max_packet_size)
         self._transport: asyncio.Transport | None = None
         self._inbox: deque[Publish] = deque()
         self._wakeup: asyncio.Future[None] | None = None
@@ -93,6 +116,7 @@ class BrokerLink(asyncio.Protocol):
         tls: ssl.SSLContext | None = None,
         keepalive: int = 30,
         timeout: float = 10.0,
+        max_packet_size: int = MAX_PACKET_SIZE,
     ) -> BrokerLink:
         """Connect and wait for the broker's CONNACK.
 
@@ -101,7 +125,7 @@ class BrokerLink(asyncio.Protocol):
             OSError: The TCP or TLS connection failed.
         """
         loop = asyncio.get_running_loop()
-        link = cls(keepalive=keepalive)
+        link = cls(keepalive=keepalive, max_packet_size=max_packet_size)
         async with asyncio.timeout(timeout):
             await loop.create_connection(
                 lambda: link, host, port, ssl=tls, server_hostname=host if tls else None
@@ -159,12 +183,15 @@ class BrokerLink(asyncio.Protocol):
 
     # -- what the router calls ----------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes) -> bool:
-        """Send ``payload`` on ``topic`` at QoS 0 (written at once); ``False`` when closed."""
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Send ``payload`` on ``topic`` at QoS 0 (written at once); ``False`` when closed.
+
+        ``retain`` with an empty payload clears the message the broker retains there.
+        """
         transport = self._transport
         if transport is None or transport.is_closing():
             return False
-        transport.write(packets.publish(topic, payload))
+        transport.write(packets.publish(topic, payload, retain=retain))
         return True
 
     async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
@@ -208,11 +235,13 @@ class BrokerLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_heard = time.monotonic()
         try:
-            for kind, flags, body in self._reader.feed(data):
-                if kind == packets.PUBLISH:
-                    self._received(packets.parse_publish(flags, body))
-                else:
+            for kind, flags, body, discarded in self._reader.feed(data):
+                if kind != packets.PUBLISH:
                     self._control(kind, body)
+                elif discarded:
+                    self._drop(packets.parse_publish(flags, body), len(body) + discarded)
+                else:
+                    self._received(packets.parse_publish(flags, body))
         except ProtocolError as exc:
             logger.warning("the broker sent something that is not MQTT 3.1.1 (%s)", exc)
             self._lost = LinkError(f"protocol error: {exc}")
@@ -253,6 +282,21 @@ class BrokerLink(asyncio.Protocol):
                 return  # a resend of one we already have (§4.3.3)
             self._releases.add(message.packet_id)
         self._inbox.append(message)
+
+    def _drop(self, head: Publish, size: int) -> None:
+        """An oversized message (only its topic read): acknowledge it, count it, say so."""
+        self.oversized += 1
+        logger.warning(
+            "dropped a message of %d bytes on %.200r: larger than max_packet_size (%d bytes)",
+            size,
+            head.topic,
+            self.max_packet_size,
+        )
+        # Acknowledged, so that the broker does not keep it in flight for us forever.
+        if head.qos == 1:
+            self._send(packets.acknowledge(packets.PUBACK, head.packet_id))
+        elif head.qos == 2:
+            self._send(packets.acknowledge(packets.PUBREC, head.packet_id))
 
     def _control(self, kind: int, body: bytes) -> None:
         if kind == packets.PUBREL:

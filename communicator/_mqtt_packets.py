@@ -3,7 +3,8 @@
 Only what :mod:`communicator._link` needs: CONNECT/CONNACK, SUBSCRIBE/SUBACK,
 PUBLISH at every QoS (QoS 0 out), the acknowledgements, PINGREQ/PINGRESP and
 DISCONNECT. :class:`PacketReader` cuts a byte stream, split anywhere, into
-packets; anything that breaks the specification raises :class:`ProtocolError`.
+packets, and discards a PUBLISH over its size limit as the bytes arrive;
+anything that breaks the specification raises :class:`ProtocolError`.
 Section numbers refer to the MQTT 3.1.1 OASIS standard.
 """
 
@@ -16,6 +17,7 @@ CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = range(8, 15)
 
 MAX_LENGTH = 268_435_455  # the largest remaining length four bytes can carry (§2.2.3)
+MAX_PACKET_SIZE = 1 + 4 + MAX_LENGTH  # with the first byte and the four length bytes
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 
@@ -34,11 +36,16 @@ class ProtocolError(ValueError):
 
 
 class Packet(NamedTuple):
-    """One packet: its type, the four flag bits of its first byte, and its body."""
+    """One packet: its type, the four flag bits of its first byte, and its body.
+
+    ``discarded`` counts the bytes of a PUBLISH over the reader's limit that were
+    dropped unread: its ``body`` then holds only the topic and packet id.
+    """
 
     kind: int
     flags: int
     body: bytes
+    discarded: int = 0
 
 
 class Publish(NamedTuple):
@@ -106,12 +113,14 @@ def subscribe(packet_id: int, topics: list[tuple[str, int]]) -> bytes:
     return _packet(SUBSCRIBE << 4 | 0x02, body)
 
 
-def publish(topic: str | bytes, payload: bytes, *, qos: int = 0, packet_id: int = 0) -> bytes:
+def publish(
+    topic: str | bytes, payload: bytes, *, qos: int = 0, packet_id: int = 0, retain: bool = False
+) -> bytes:
     """A PUBLISH packet (§3.3); ``packet_id`` only for QoS 1 and 2."""
     head = _string(topic)
     if qos:
         head += packet_id.to_bytes(2, "big")
-    return _packet(PUBLISH << 4 | qos << 1, head + payload)
+    return _packet(PUBLISH << 4 | qos << 1 | int(retain), head + payload)
 
 
 def acknowledge(kind: int, packet_id: int) -> bytes:
@@ -157,13 +166,26 @@ def packet_id_of(body: bytes) -> int:
 
 
 class PacketReader:
-    """Cuts a byte stream into packets, whatever the size of the pieces it arrives in."""
+    """Cuts a byte stream into packets, whatever the size of the pieces it arrives in.
 
-    __slots__ = ("_buffer", "max_length")
+    A PUBLISH larger than ``max_packet_size`` (the whole packet, as Mosquitto's
+    option of that name counts it) is never held: the reader keeps its topic and
+    packet id, hands it out with ``discarded`` set, and drops the rest of its
+    bytes as they arrive. So the buffer holds at most one packet within the
+    limit (or an oversized one's first 64 KiB) plus the latest piece fed.
+    """
 
-    def __init__(self, max_length: int = MAX_LENGTH) -> None:
+    __slots__ = ("_buffer", "_skip", "max_packet_size")
+
+    def __init__(self, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self._buffer = bytearray()
-        self.max_length = max_length
+        self._skip = 0  # bytes of an oversized PUBLISH still to come, to drop
+        self.max_packet_size = max_packet_size
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes are held, waiting for the rest of their packet."""
+        return len(self._buffer)
 
     def feed(self, data: bytes) -> Iterator[Packet]:
         """Add ``data``; yield every packet it completes, in order.
@@ -172,11 +194,17 @@ class PacketReader:
 
         Raises:
             ProtocolError: A reserved packet type, a remaining length longer
-                than four bytes or ``max_length``. The stream cannot be read
-                further: close the connection.
+                than four bytes, or a packet other than PUBLISH larger than
+                ``max_packet_size``. The stream cannot be read further: close
+                the connection.
         """
+        view = memoryview(data)
+        if self._skip:
+            dropped = min(self._skip, len(view))
+            self._skip -= dropped
+            view = view[dropped:]
         buffer = self._buffer
-        buffer += data
+        buffer += view
         start, size = 0, len(buffer)
         try:
             while size - start >= 2:
@@ -184,17 +212,28 @@ class PacketReader:
                 if header is None:
                     break  # the length field itself is still incomplete
                 length, position = header
-                if length > self.max_length:
-                    raise ProtocolError(
-                        f"packet of {length} bytes (the limit is {self.max_length})"
-                    )
-                end = position + length
-                if end > size:
-                    break
-                kind = buffer[start] >> 4
+                kind, flags = buffer[start] >> 4, buffer[start] & 0x0F
                 if kind == 0 or kind == 15:
                     raise ProtocolError(f"reserved packet type {kind}")
-                packet = Packet(kind, buffer[start] & 0x0F, bytes(buffer[position:end]))
+                end = position + length
+                if end - start > self.max_packet_size:
+                    if kind != PUBLISH:
+                        raise ProtocolError(
+                            f"packet of {end - start} bytes (the limit is {self.max_packet_size})"
+                        )
+                    head = _publish_head(buffer, position, size, flags, length)
+                    if head is None:
+                        break  # its topic is still incomplete
+                    packet = Packet(kind, flags, bytes(buffer[position:head]), end - head)
+                    if end > size:
+                        self._skip, start = end - size, size
+                    else:
+                        start = end
+                    yield packet
+                    continue
+                if end > size:
+                    break
+                packet = Packet(kind, flags, bytes(buffer[position:end]))
                 start = end
                 yield packet
         finally:
@@ -214,3 +253,19 @@ def _remaining_length(buffer: bytearray, position: int, size: int) -> tuple[int,
         if shift > 21:
             raise ProtocolError("remaining length longer than four bytes")
     return None
+
+
+def _publish_head(
+    buffer: bytearray, position: int, size: int, flags: int, length: int
+) -> int | None:
+    """Where a PUBLISH body's topic and packet id end, or ``None`` until they have arrived.
+
+    Never past the body's ``length``: :func:`parse_publish` refuses a body cut short.
+    """
+    if length < 2:
+        return position + length
+    if size - position < 2:
+        return None
+    head = 2 + int.from_bytes(buffer[position : position + 2], "big") + (2 if flags & 0x06 else 0)
+    end = position + min(head, length)
+    return end if end <= size else None

@@ -104,6 +104,24 @@ async def test_a_slow_reader_pauses_the_socket_and_loses_nothing(
         assert not link._paused
 
 
+async def test_retained_messages_say_so(mqtt_url: str, topic_prefix: str) -> None:
+    """A message the broker kept from before we subscribed has ``retain``; live ones do not."""
+    address = parse_mqtt_url(mqtt_url)
+    topic = f"{topic_prefix}in/stale"
+    async with aiomqtt.Client(address.host, address.port, identifier=f"{topic_prefix}p") as peer:
+        await peer.publish(topic, b"kept", qos=1, retain=True)
+        try:
+            async with await open_link(mqtt_url, f"{topic_prefix}link") as link:
+                await link.subscribe([(f"{topic_prefix}in/+", 1)])
+                (kept,) = await take(link, 1)
+                await peer.publish(topic, b"live", qos=1)
+                (live,) = await take(link, 1)
+        finally:
+            await peer.publish(topic, b"", qos=1, retain=True)  # clears it from the broker
+    assert (kept.payload, kept.retain) == (b"kept", True)
+    assert (live.payload, live.retain) == (b"live", False)
+
+
 @needs_mosquitto
 async def test_credentials(password_broker: int) -> None:
     """The right password connects; a wrong one is refused with the broker's code, at once."""
@@ -286,3 +304,18 @@ async def test_the_broker_going_away_ends_iteration(scripted: tuple[ScriptedBrok
         assert not link.publish("t", b"x")
         with pytest.raises(LinkError):
             await link.subscribe([("t", 0)])
+
+
+async def test_an_oversized_message_is_acknowledged_and_skipped(
+    scripted: tuple[ScriptedBroker, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past ``max_packet_size``: PUBACK, a count and a warning; the next message still comes."""
+    broker, port = scripted
+    async with await BrokerLink.open("127.0.0.1", port, client_id="r", max_packet_size=100) as link:
+        assert broker.writer is not None
+        broker.writer.write(packets.publish("t/big", bytes(5000), qos=1, packet_id=4))
+        broker.writer.write(packets.publish("t/fits", bytes(90)))
+        assert (await broker.expect(packets.PUBACK)).body == b"\x00\x04"
+        (message,) = await take(link, 1)
+    assert (message.topic, link.oversized) == ("t/fits", 1)
+    assert "dropped a message of 5009 bytes on 't/big'" in caplog.text

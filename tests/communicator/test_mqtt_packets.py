@@ -76,7 +76,7 @@ def test_publishes_survive_any_split(
 @given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=10))
 def test_random_bytes_raise_only_protocol_errors(data: bytes, cuts: list[int]) -> None:
     """Garbage from a broker is a ProtocolError or whole packets, never another exception."""
-    reader = PacketReader(max_length=1000)
+    reader = PacketReader(max_packet_size=1000)
     try:
         for piece in split(data, cuts):
             for packet in reader.feed(piece):
@@ -116,8 +116,8 @@ def test_malformed_packets() -> None:
     """Reserved types, short bodies, QoS 3 and non-UTF-8 topics are ProtocolErrors."""
     with pytest.raises(ProtocolError, match="reserved packet type 0"):
         list(PacketReader().feed(b"\x00\x00"))
-    with pytest.raises(ProtocolError, match="limit"):
-        list(PacketReader(max_length=10).feed(b"\x30\x0b"))
+    with pytest.raises(ProtocolError, match="limit is 10"):
+        list(PacketReader(max_packet_size=10).feed(b"\x90\x09"))  # a SUBACK of 11 bytes
     with pytest.raises(ProtocolError, match="QoS 3"):
         packets.parse_publish(0b0110, b"\x00\x01a")
     with pytest.raises(ProtocolError, match="topic and packet id"):
@@ -139,4 +139,55 @@ def test_incomplete_packets_wait_for_the_rest() -> None:
     assert list(reader.feed(data[2:50])) == []
     (packet,) = list(reader.feed(data[50:] + packets.PINGREQ_PACKET[:1]))
     assert packets.parse_publish(packet.flags, packet.body).payload == b"x" * 200
-    assert list(reader.feed(packets.PINGREQ_PACKET[1:])) == [(packets.PINGREQ, 0, b"")]
+    assert list(reader.feed(packets.PINGREQ_PACKET[1:])) == [(packets.PINGREQ, 0, b"", 0)]
+
+
+@given(
+    st.lists(st.tuples(topics, st.integers(0, 3000), st.sampled_from([0, 1, 2]))),
+    st.lists(st.integers(0, 50_000), max_size=30),
+)
+def test_oversized_publishes_are_dropped_in_passing(
+    messages: list[tuple[str, int, int]], cuts: list[int]
+) -> None:
+    """Past the limit a PUBLISH keeps only its topic and packet id; the stream reads on."""
+    limit = 1000
+    packed = [
+        packets.publish(topic, b"x" * size, qos=qos, packet_id=7) for topic, size, qos in messages
+    ]
+    reader = PacketReader(max_packet_size=limit)
+    read = []
+    for piece in split(b"".join(packed), cuts):
+        read += reader.feed(piece)
+        assert reader.buffered <= limit + len(piece)
+    assert len(read) == len(messages)
+    for packet, data, (topic, size, qos) in zip(read, packed, messages, strict=True):
+        message = packets.parse_publish(packet.flags, packet.body)
+        assert (message.topic, message.qos) == (topic, qos)
+        if len(data) > limit:
+            assert message.payload == b""
+            assert len(packet.body) + packet.discarded == size + len(message.topic.encode()) + (
+                4 if qos else 2
+            )
+        else:
+            assert (message.payload, packet.discarded) == (b"x" * size, 0)
+
+
+def test_an_oversized_publish_is_never_held() -> None:
+    """A 10 MB PUBLISH fed in 64 KiB pieces: the buffer stays small; the next packet follows."""
+    reader = PacketReader(max_packet_size=100_000)
+    stream = packets.publish("big", bytes(10_000_000), qos=1, packet_id=3) + packets.publish(
+        "small", b"hello"
+    )
+    read = []
+    for offset in range(0, len(stream), 65536):
+        read += reader.feed(stream[offset : offset + 65536])
+        assert reader.buffered <= 65536
+    big, small = (packets.parse_publish(p.flags, p.body) for p in read)
+    assert (big.topic, big.packet_id, big.payload, read[0].discarded) == (
+        "big",
+        3,
+        b"",
+        10_000_000,
+    )
+    assert (small.topic, small.payload) == ("small", b"hello")
+    assert reader.buffered == 0

@@ -14,6 +14,7 @@ import aiomqtt
 import pytest
 from typer.testing import CliRunner
 
+from communicator._link import MAX_PACKET_SIZE
 from controller._cli import app
 from tests.conftest import Server, answers, free_port
 
@@ -37,18 +38,46 @@ def test_broker_config_follows_the_topic_prefix(
     for line in (
         "per_listener_settings false",
         "allow_anonymous false",
+        "allow_zero_length_clientid false",
+        f"max_packet_size {MAX_PACKET_SIZE}",
         f"password_file {tmp_path / 'b' / 'passwd'}",
         f"acl_file {tmp_path / 'b' / 'acl'}",
         "listener 8883",
         "listener 1883 127.0.0.1",
     ):
         assert line in conf.splitlines()
+    # use_username_as_clientid is a listener's option: each listener must say it.
+    assert conf.count("use_username_as_clientid true") == conf.count("\nlistener ") == 2
     assert f"mosquitto_passwd -c {tmp_path / 'b' / 'passwd'} communicator" in data["instructions"]
+    assert (data["communicator_users"], data["max_packet_size"]) == (
+        ["communicator"],
+        MAX_PACKET_SIZE,
+    )
     human = runner.invoke(app, ["broker-config", "--no-tls"])
     assert "listener 8883" not in human.stdout
     assert "acl_file /etc/mosquitto/deployctl/acl" in human.stdout
+    assert "DEPLOYCTL_MQTT_USERNAME=orders-1 DEPLOYCTL_MQTT_CLIENT_ID=orders-1" in human.stdout
     same = runner.invoke(app, ["broker-config", "--tls-port", "1883"])
     assert same.exit_code == 2
+
+
+def test_each_communicator_has_a_user_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--communicator-user repeats: an ACL block and a password line each; no user twice."""
+    monkeypatch.setenv("DEPLOYCTL_TOPIC_PREFIX", "site/")
+    users = ["--communicator-user", "c1", "--communicator-user", "c2"]
+    result = runner.invoke(app, ["broker-config", *users, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    for user in ("c1", "c2"):
+        assert f"user {user}\ntopic read site/in/+\ntopic write site/out/+\n" in data["acl"]
+    first = data["instructions"].index("mosquitto_passwd -c /etc/mosquitto/deployctl/passwd c1")
+    assert data["instructions"][first + 1] == "mosquitto_passwd /etc/mosquitto/deployctl/passwd c2"
+    for wrong in (["c1", "c1"], ["a/b"], ["x+"]):
+        refused = runner.invoke(
+            app, ["broker-config", *(f"--communicator-user={u}" for u in wrong), "--json"]
+        )
+        assert refused.exit_code != 0, wrong
+        assert "--communicator-user" in refused.output
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
@@ -110,7 +139,10 @@ async def first_message(client: aiomqtt.Client) -> tuple[str, bytes]:
 async def test_broker_config_runs_in_mosquitto_and_isolates_clients(
     tmp_path: Path, spawn: Callable[..., Server], topic_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Mosquitto runs the generated config: no anonymous login, each client its own topics."""
+    """Mosquitto runs the generated config: no anonymous login, each client its own topics.
+
+    Client ids bound to logins, and the packet size limit: tests/controller/test_broker_binding.py.
+    """
     monkeypatch.setenv("DEPLOYCTL_TOPIC_PREFIX", topic_prefix)
     cert, key = self_signed_certificate(tmp_path)
     tls_port, local_port, folder = free_port(), free_port(), tmp_path / "broker"
@@ -139,7 +171,7 @@ async def test_broker_config_runs_in_mosquitto_and_isolates_clients(
     with (folder / "mosquitto.conf").open("a") as conf:
         conf.write("user root\npersistence false\n")
     add_user(folder / "passwd", "communicator", "router-secret", create=True)
-    add_user(folder / "passwd", "orders", "orders-secret")
+    add_user(folder / "passwd", "alpha", "alpha-secret")  # an instance: user name = client id
     spawn(
         "mosquitto-generated",
         ["mosquitto", "-c", str(folder / "mosquitto.conf")],
@@ -162,7 +194,7 @@ async def test_broker_config_runs_in_mosquitto_and_isolates_clients(
     for refused in (
         client("anon", None, None),
         client("anon-tls", None, None, **tls),
-        client("guess", "orders", "wrong"),
+        client("guess", "alpha", "wrong"),
     ):
         with pytest.raises(aiomqtt.MqttCodeError, match=r"[Nn]ot authori[sz]ed"):
             async with refused:
@@ -171,7 +203,7 @@ async def test_broker_config_runs_in_mosquitto_and_isolates_clients(
     inbound, outbound = f"{topic_prefix}in/", f"{topic_prefix}out/"
     async with (
         client("router-1", "communicator", "router-secret") as router,
-        client("alpha", "orders", "orders-secret", **tls) as alpha,
+        client("alpha", "alpha", "alpha-secret", **tls) as alpha,
     ):
         await router.subscribe(f"{inbound}+", qos=1)
         await alpha.subscribe(f"{outbound}alpha", qos=1)
