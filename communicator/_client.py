@@ -434,10 +434,22 @@ class Client:
         return answer
 
     async def report_failure(
-        self, reason: str, *, kind: str = "failure", version: str | None = None
+        self,
+        reason: str,
+        *,
+        kind: str = "failure",
+        service: str | None = None,
+        version: str | None = None,
     ) -> None:
-        """Report a failure (of this instance's version, or of ``version``) to the communicator."""
+        """Report a failure of this instance's version to the communicator.
+
+        ``service`` and ``version`` name another one, which only a trusted
+        reporter may do (a service defined with ``trusted_reporter: true``); the
+        communicator answers anyone else's with INVALID.
+        """
         parameters = {"reason": reason, "kind": kind}
+        if service is not None:
+            parameters["service"] = service
         if version is not None:
             parameters["version"] = version
         await self.send(Message(command="FAILURE", parameters=parameters))

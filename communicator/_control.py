@@ -6,9 +6,12 @@ Also keeps the router's directory in step with the registry in Redis.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import re
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -39,6 +42,12 @@ COMMUNICATOR_COMMANDS = (
 #: Seconds a will waits before it counts as a failure (see Control._record_disconnect).
 WILL_GRACE = 2.0
 NOT_REGISTERED = "not registered: send REGISTER service=...;version=... first"
+#: Service names no instance may take: the communicator signs its own messages with them.
+RESERVED_SERVICES = frozenset({"communicator"})
+#: The client ids docs/protocol.md §1 allows.
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: How long a registered instance has to show it is alive when another claims its name.
+PROBE_SECONDS = 1.0
 _FAILURE_KINDS = {"failure", "error_reply", "timeout", "crash"}
 
 
@@ -61,6 +70,36 @@ class Control:
     def __init__(self, router: Router) -> None:
         self._router = router
         self._pending: set[asyncio.Task[None]] = set()
+        #: Client ids asked to show they are alive, and the future set when they do.
+        self.probes: dict[str, asyncio.Future[None]] = {}
+        self._serials = itertools.count(1)
+
+    def heard(self, client_id: str) -> None:
+        """Any message from a probed client answers the probe (see :meth:`alive`)."""
+        probe = self.probes.get(client_id)
+        if probe is not None and not probe.done():
+            probe.set_result(None)
+
+    async def alive(self, client_id: str, timeout: float = PROBE_SECONDS) -> bool:
+        """Whether ``client_id`` answers an ALIVE (or says anything) within ``timeout``."""
+        probe = self.probes.get(client_id)
+        if probe is None:
+            probe = self.probes[client_id] = asyncio.get_running_loop().create_future()
+            await self._router.reply(client_id, "ALIVE", serial=f"probe-{next(self._serials)}")
+        try:
+            await asyncio.wait_for(asyncio.shield(probe), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if self.probes.get(client_id) is probe and probe.done():
+                del self.probes[client_id]
+        return True
+
+    def _spawn(self, work: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     # -- directory ----------------------------------------------------------------------------
 
@@ -173,10 +212,21 @@ class Control:
         reason: str = "",
         instance: str = "",
         server: str = "",
+        reporter: str = "",
     ) -> None:
-        """Record a failure; cut the version off here at once if it crossed its policy."""
+        """Record a failure; cut the version off here at once if it crossed its policy.
+
+        ``reporter`` is the client id whose evidence this is (see the policy's
+        ``min_reporters``).
+        """
         result = await self._router.registry.record_outcome(
-            service, version, OutcomeKind(kind), reason=reason, instance=instance, server=server
+            service,
+            version,
+            OutcomeKind(kind),
+            reason=reason,
+            instance=instance,
+            server=server,
+            reporter=reporter,
         )
         if not result.valid:
             self._router.directory.set_invalid(service, version, True)
@@ -192,7 +242,7 @@ class Control:
             if command not in ("UNKNOWN", "INVALID", "ABSOLUTELY", "CLOCK_REPLY", "READY"):
                 await router.reply(client_id, "UNKNOWN", command=command)
             else:
-                logger.info("%s from %s: %s", command, client_id, message.parameters)
+                router.log.info(command, "%s from %s: %s", command, client_id, message.parameters)
             return
         if command != "DISCONNECTED":
             problems = router.definitions.validate(message)
@@ -208,7 +258,24 @@ class Control:
     async def _on_register(self, client_id: str, message: Message) -> None:
         router = self._router
         p = message.parameters
-        service, version = p["service"], p["version"]
+        service = p["service"]
+        if not CLIENT_ID_RE.fullmatch(client_id):
+            await router.reply(
+                client_id,
+                "REFUSE",
+                reason="bad_client_id",
+                message=f"client id {client_id!r} must match {CLIENT_ID_RE.pattern}; "
+                "connect again with such an id",
+            )
+            return
+        if service in RESERVED_SERVICES:
+            await router.reply(
+                client_id,
+                "REFUSE",
+                reason="reserved_name",
+                message=f"service name {service!r} is the communicator's own; choose another",
+            )
+            return
         definition = router.service_definitions.get(service)
         check = await router.passwords.check(
             service,
@@ -223,6 +290,48 @@ class Control:
                 parameters["retry_after"] = f"{check.retry_after:g}s"
             await router.reply(client_id, "REFUSE", **parameters)
             return
+        name = p.get("instance", client_id)
+        holder = next(
+            (
+                i.client_id
+                for i in router.directory.instances(service)
+                if i.instance == name and i.client_id != client_id
+            ),
+            None,
+        )
+        if holder is not None:
+            # Asking the holder would stall routing: finish this REGISTER on the side.
+            self._spawn(self._claim(holder, client_id, message), f"claim-{client_id}")
+            return
+        await self._register(client_id, message)
+
+    async def _claim(self, holder: str, client_id: str, message: Message) -> None:
+        """Register ``client_id`` under a name ``holder`` has, unless ``holder`` is alive."""
+        router = self._router
+        p = message.parameters
+        try:
+            if await self.alive(holder):
+                name = p.get("instance", client_id)
+                await router.reply(
+                    client_id,
+                    "REFUSE",
+                    reason="instance_taken",
+                    message=f"instance {name} of {p['service']} is registered by a live client "
+                    f"({holder}); choose another instance name, or stop that one first",
+                )
+                return
+            # The holder is gone without a will yet (its host died): the name is free.
+            router.directory.remove(holder)
+            await self.announce(p["service"], removed=holder)
+            await self._register(client_id, message)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not register %s: %s", client_id, exc)
+
+    async def _register(self, client_id: str, message: Message) -> None:
+        """Record the instance and answer READY (or REFUSE when its version is invalid)."""
+        router = self._router
+        p = message.parameters
+        service, version = p["service"], p["version"]
         commands = [c for c in p.get("commands", "").split(",") if c]
         info = InstanceInfo(
             service=service,
@@ -279,28 +388,43 @@ class Control:
             router.directory.remove(client_id, service=service)  # a re-read may be under way
         await router.registry.unregister_instance(service, name)
         if failure:
-            task = asyncio.create_task(
-                self._record_disconnect(service, version, name, server, router.connections),
-                name=f"disconnect-{client_id}",
+            self._spawn(
+                self._record_disconnect(
+                    client_id, service, version, name, server, router.connections
+                ),
+                f"disconnect-{client_id}",
             )
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
         await self._status_for(service, server, version, "down")
         await self.announce(service, removed=client_id)
 
     async def _record_disconnect(
-        self, service: str, version: str, instance: str, server: str, connection: int
+        self,
+        client_id: str,
+        service: str,
+        version: str,
+        instance: str,
+        server: str,
+        connection: int,
     ) -> None:
         """Count a will as a failure, unless the broker itself was going away.
 
         Mosquitto publishes every client's will when it shuts down; if our own
         connection drops within the grace period, the wills were the broker's
         restart, not the instances' deaths, and counting them could invalidate
-        every version at once.
+        every version at once. Nor does a will count when the instance is back
+        within the grace period (its session was taken over by its own new
+        connection).
         """
         await asyncio.sleep(WILL_GRACE)
         if self._router.connections != connection or not self._router.connected:
             logger.info("will of %s %s ignored: the broker restarted", service, instance)
+            return
+        back = self._router.directory.sender(client_id)
+        if back is not None or any(
+            i.instance == instance for i in self._router.directory.instances(service)
+        ):
+            # A session taken over by a new connection of the same instance: not a death.
+            logger.info("will of %s %s ignored: it registered again", service, instance)
             return
         try:
             await self.record(
@@ -310,6 +434,7 @@ class Control:
                 reason="died without UNREGISTER",
                 instance=instance,
                 server=server,
+                reporter=client_id,
             )
         except (RedisError, OSError) as exc:
             logger.warning("could not record the disconnect of %s %s: %s", service, instance, exc)
@@ -346,19 +471,48 @@ class Control:
         await router.deliver_cached(sender.service)
 
     async def _on_failure(self, client_id: str, message: Message) -> None:
+        router = self._router
         sender = await self._registered_sender(client_id, message)
         if sender is None:
             return
         p = message.parameters
+        service = p.get("service", sender.service)
+        version = p.get("version", sender.version if service == sender.service else "")
+        definition = router.service_definitions.get(sender.service)
+        trusted = definition is not None and definition.trusted_reporter
+        if (service, version) != (sender.service, sender.version):
+            problem = await self._foreign_failure_problem(sender, service, version, trusted=trusted)
+            if problem:
+                await router.reply(client_id, "INVALID", command="FAILURE", reason=problem)
+                return
         kind = p.get("kind", "failure")
+        own = service == sender.service and version == sender.version
         await self.record(
-            sender.service,
-            p.get("version", sender.version),
+            service,
+            version,
             kind if kind in _FAILURE_KINDS else "failure",
-            reason=p["reason"],
-            instance=sender.instance,
-            server=sender.server,
+            reason=p["reason"] if own else f"{p['reason']} (reported by {sender.instance})",
+            instance=sender.instance if own else "",
+            server=sender.server if own else "",
+            reporter=client_id,
         )
+
+    async def _foreign_failure_problem(
+        self, sender: Instance, service: str, version: str, *, trusted: bool
+    ) -> str | None:
+        """Why ``sender`` may not report a failure of ``service`` ``version`` (None: it may)."""
+        if not trusted:
+            return (
+                f"a FAILURE counts against your own version ({sender.service} "
+                f"{sender.version}); leave out service= and version=, or define "
+                f"{sender.service} with trusted_reporter: true to report others"
+            )
+        if not version:
+            return f"name the version of {service} that failed (version=...)"
+        known = {v.version for v in await self._router.registry.versions(service)}
+        if version not in known:
+            return f"{service} has no version {version}; report a version that registered"
+        return None
 
     async def _on_busy(self, client_id: str, message: Message) -> None:
         sender = await self._registered_sender(client_id, message)

@@ -62,13 +62,14 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, router.stop)
         running = asyncio.create_task(router.run(), name="router")
+        await asyncio.wait(
+            {running, asyncio.create_task(router.ready.wait())},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         if ready is not None:
-            await asyncio.wait(
-                {running, asyncio.create_task(router.ready.wait())},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
             ready.set()
-        logger.info("communicator %s routing on %s", router.router_id, broker_url(settings))
+        if router.ready.is_set():  # connected, and holding its share of the partitions
+            logger.info("communicator %s routing on %s", router.router_id, broker_url(settings))
         await running
 
 

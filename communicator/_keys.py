@@ -130,6 +130,10 @@ class Keys:
         """Sorted set: communicator id -> time of its last heartbeat."""
         return f"{self.prefix}routers"
 
+    def router_secret(self) -> str:
+        """String: the key communicators sign their request hand-offs with (hex)."""
+        return f"{self.prefix}router:secret"
+
     def stats(self) -> str:
         """Hash: counters of the routers (routed, cached, cache_dropped, invalid, unknown)."""
         return f"{self.prefix}stats"

@@ -95,6 +95,13 @@ class InvalidationPolicy(BaseModel):
     """Disconnects plus crashes in the window that trip the version whatever the rate; 0 never."""
     failure_kinds: frozenset[OutcomeKind] = Field(default=_FAILURE_KINDS)
     """Outcome kinds counted as failures by the failure rate rule."""
+    min_reporters: int = Field(default=1, ge=1, le=1000)
+    """Fewest distinct reporters of failures in the window before either rule may trip.
+
+    A reporter is who gave the evidence: the requester whose request timed out
+    or got an error, the instance that sent FAILURE, the instance that died.
+    With 2 or more, no single client can invalidate a version on its own.
+    """
 
     @model_validator(mode="after")
     def _check(self) -> Self:

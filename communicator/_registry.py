@@ -237,8 +237,12 @@ class Registry:
         reason: str = "",
         instance: str = "",
         server: str = "",
+        reporter: str = "",
     ) -> OutcomeResult:
         """Record outcomes of a version and apply its invalidation policy, in one atomic step.
+
+        ``reporter`` is who gave the evidence (a client id), for the policy's
+        ``min_reporters``: above 1, a failure with no reporter adds to no reporter.
 
         Anything but a success also goes to the service's failure history. When
         this call makes the version cross its policy, the version is marked
@@ -268,6 +272,7 @@ class Registry:
                 self._failure_history,
                 self._event_history,
                 k.events(),
+                reporter,
             ],
         )
         if invalidated:

@@ -21,14 +21,22 @@ timed out, or whose hand-off was lost) it is routed by its address. Latencies ac
 communicators use wall clocks (``time.time()``), so hosts must keep them in
 step (NTP). Hand-offs are at most once: one in flight while its partition
 changes owner is lost, and that request is not judged.
+
+Hand-offs are signed (HMAC-SHA256 with a secret the communicators share in
+Redis, which clients cannot read) and carry their time: one that is unsigned,
+forged, older than ``HANDOFF_SECONDS`` or seen before is dropped and counted,
+so no client can plant a watch that later counts as a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -48,6 +56,11 @@ logger = logging.getLogger(__name__)
 ORPHAN_SECONDS = 5.0
 #: Unwatched replies remembered at most (the oldest go first).
 MAX_ORPHANS = 50_000
+#: How old a hand-off may be when it arrives (wall clocks, so within NTP's reach).
+HANDOFF_SECONDS = 10.0
+_SIGNATURE_BYTES = 16
+#: Least time between two reads of the secret after a hand-off failed to verify.
+SECRET_RELOAD_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,41 @@ class Requests:
         self.handed = 0  # watches handed to another partition's owner
         self.taken = 0  # watches taken from another communicator
         self.matched_late = 0  # replies that came before their hand-off
+        self.refused = 0  # hand-offs dropped: unsigned, forged, stale or replayed
+        self._secret = b""
+        self._secret_read = 0.0  # monotonic time the secret was last read
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # signatures, by arrival
+
+    async def load_secret(self) -> None:
+        """Read (or, the first communicator, create) the secret hand-offs are signed with."""
+        router = self._router
+        key = router.keys.router_secret()
+        await router.redis.set(key, secrets.token_hex(32), nx=True)
+        value = await router.redis.get(key)
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        self._secret = bytes.fromhex(text)
+        self._secret_read = time.monotonic()
+
+    def _sign(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+
+    def _verified(self, payload: bytes) -> bytes | None:
+        """The body of a hand-off signed by a communicator, new and recent; else None."""
+        signature, body = payload[:_SIGNATURE_BYTES], payload[_SIGNATURE_BYTES:]
+        if not self._secret or not hmac.compare_digest(signature, self._sign(body)):
+            return None
+        stamp, _, entries = body.partition(b" ")
+        try:
+            age = time.time() - float(stamp)
+        except ValueError:
+            return None
+        now = time.monotonic()
+        while self._seen and next(iter(self._seen.values())) < now - 2 * HANDOFF_SECONDS:
+            self._seen.popitem(last=False)
+        if abs(age) > HANDOFF_SECONDS or signature in self._seen:
+            return None
+        self._seen[signature] = now
+        return entries
 
     def watch(self, target: Instance, message: Message, *, requester: str) -> None:
         """Start watching the outcome of ``message``, just delivered to ``target``."""
@@ -103,6 +151,12 @@ class Requests:
         if "timeout" in message.parameters:
             with contextlib.suppress(ValueError):
                 timeout = parse_duration(message.parameters["timeout"])
+        # A timeout below the service's floor is the requester's impatience, not the
+        # replier's fault: the communicator judges such a request by its default.
+        definition = router.service_definitions.get(target.service)
+        floor = definition.min_timeout if definition else router.config.min_timeout
+        if timeout < floor:
+            timeout = router.config.request_timeout
         now = time.monotonic()
         pending = Pending(
             requester,
@@ -148,6 +202,7 @@ class Requests:
                 reason=message.parameters.get("reason", ""),
                 instance=replier.instance,
                 server=replier.server,
+                reporter=pending.requester,
             )
         requester = router.directory.sender(pending.requester)
         if requester is None:
@@ -182,8 +237,10 @@ class Requests:
     def _send(self) -> None:
         outgoing, self._outgoing = self._outgoing, {}
         topics = self._router.topics
+        stamp = f"{time.time():.6f} ".encode()
         for partition, entries in outgoing.items():
-            payload = json.dumps(entries, separators=(",", ":")).encode()
+            body = stamp + json.dumps(entries, separators=(",", ":")).encode()
+            payload = self._sign(body) + body
             if not self._router.publish_raw(topics.tracking(partition), payload):
                 logger.warning("not connected: %d request watches lost", len(entries))
 
@@ -192,18 +249,34 @@ class Requests:
         router = self._router
         if not router.table.owns(partition):
             return
+        body = self._verified(payload)
+        if body is None and time.monotonic() - self._secret_read > SECRET_RELOAD_SECONDS:
+            await self.load_secret()  # Redis may have lost it, and a peer made another
+            body = self._verified(payload)
+        if body is None:
+            self.refused += 1
+            router.log.warning(
+                "forged",
+                "request hand-off on partition %d not signed by a communicator, "
+                "stale or replayed: ignored (is a client publishing on track topics? "
+                "see deployctl broker-config)",
+                partition,
+            )
+            return
         try:
-            entries = json.loads(payload)
+            entries = json.loads(body)
         except ValueError:
             entries = None
         if not isinstance(entries, list):
-            logger.warning("unreadable request watches on partition %d: ignored", partition)
+            router.log.warning(
+                "watches", "unreadable request watches on partition %d: ignored", partition
+            )
             return
         now_wall, now = time.time(), time.monotonic()
         for entry in entries:
             watch = _watch(entry)
             if watch is None:
-                logger.warning("malformed request watch %r: ignored", entry)
+                router.log.warning("watches", "malformed request watch %r: ignored", entry)
                 continue
             replier, message_id, requester, service, version, instance, server, sent, deadline = (
                 watch

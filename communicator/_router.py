@@ -31,6 +31,7 @@ from communicator._errors import MessageError
 from communicator._keys import Keys
 from communicator._leases import Leases
 from communicator._link import BrokerLink, LinkError
+from communicator._logs import Throttled
 from communicator._measures import Measurements
 from communicator._message import ALL_SERVERS, Message
 from communicator._mqtt import broker_address, tls_context
@@ -45,7 +46,7 @@ from communicator._settings import Settings
 from communicator._shadow import Shadow, is_shadow_reply
 from communicator._topics import Topics
 from communicator._tracking import OutcomeTracker
-from communicator._validators import parse_duration
+from communicator._validators import global_parameter_problems, parse_duration
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class RouterConfig:
     request_timeout: float = 30.0
     flush_every: float = 0.2
     strict: bool = False
+    #: Shortest request timeout counted against a version with no service definition.
+    min_timeout: float = 0.1
     #: Whether REGISTER may come without a password when the service has none set.
     passwordless_ok: bool = True
 
@@ -119,6 +122,7 @@ class Router:
         )
         self.cache = MessageCache(redis=redis, keys=self.keys, size=self.config.cache_size)
         self.tracker = OutcomeTracker()
+        self.log = Throttled(logger)  # for lines a client's flood could multiply
         self.control = Control(self)
         self.ownership = Ownership(self)
         self.shadow = Shadow(self)
@@ -138,6 +142,7 @@ class Router:
             "unknown": 0,
             "cached": 0,
             "cache_dropped": 0,
+            "retained": 0,  # retained messages ignored and cleared
         }
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -145,6 +150,7 @@ class Router:
     async def run(self) -> None:
         """Route until :meth:`stop` is called (or the task is cancelled), then hand over cleanly."""
         await self.control.load_directory()
+        await self.requests.load_secret()
         try:
             async with asyncio.TaskGroup() as tasks:
                 mqtt = tasks.create_task(self._mqtt_loop(), name="router-mqtt")
@@ -210,6 +216,9 @@ class Router:
                     attempt = 0
                     logger.info("router %s connected to the broker", self.router_id)
                     async for message in link:
+                        if message.retain:
+                            self._retained(link, message.topic, message.payload)
+                            continue
                         await self._on_mqtt(message.topic, message.payload)
                         routed += 1
                         if routed % YIELD_EVERY == 0:
@@ -230,6 +239,22 @@ class Router:
                 )
                 await asyncio.sleep(delay)
 
+    def _retained(self, link: BrokerLink, topic: str, payload: bytes) -> None:
+        """Ignore a retained message, and clear it: it would count again at every restart.
+
+        Messages are events, not state: a retained FAILURE, say, would be
+        recorded anew each time a communicator subscribes.
+        """
+        if not payload:
+            return  # our own clearing, or one of a peer
+        self.stats["retained"] += 1
+        link.publish(topic, b"", retain=True)
+        self.log.warning(
+            "retained",
+            "retained message on %s ignored and cleared (publish with retain off)",
+            topic,
+        )
+
     async def _on_mqtt(self, topic: str, payload: bytes) -> None:
         if not topic.startswith(self._in_prefix):
             number = topic[len(self._track_prefix) :]
@@ -238,6 +263,11 @@ class Router:
                 await self.requests.take(int(number), payload)
             return
         client_id = topic[len(self._in_prefix) :]
+        if not client_id:
+            self.stats["invalid"] += 1  # nobody to answer: out/ would reach every snooper
+            return
+        if self.control.probes:
+            self.control.heard(client_id)
         received = Received(client_id, payload, fingerprint(client_id, payload), time.monotonic())
         partition = self.table.partition(client_id)
         if self.table.owns(partition, received.at):
@@ -253,7 +283,9 @@ class Router:
         """Send ``message`` to the instance behind ``client_id`` (dropped if disconnected)."""
         link = self._link
         if link is None or not link.publish(self.topics.outbound(client_id), encode(message)):
-            logger.warning("not connected; dropped %s for %s", message.command, client_id)
+            self.log.warning(
+                "dropped", "not connected; dropped %s for %s", message.command, client_id
+            )
 
     def publish_raw(self, topic: str, payload: bytes) -> bool:
         """Publish bytes on any topic (QoS 0); False when not connected."""
@@ -287,6 +319,7 @@ class Router:
             message = decode(received.payload)
         except MessageError as exc:
             self.stats["invalid"] += 1
+            self.log.info("undecodable", "unreadable message from %s: %s", received.client_id, exc)
             await self.reply(received.client_id, "INVALID", reason=str(exc))
         else:
             try:
@@ -294,7 +327,7 @@ class Router:
             except (RedisError, OSError) as exc:  # Redis away: routing goes on, bookkeeping waits
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
-                logger.warning("Redis error while handling %s: %s", message.command, exc)
+                self.log.warning("redis", "Redis error while handling %s: %s", message.command, exc)
             except Exception:  # a bug must cost one message, never the daemon
                 logger.exception("failed to route %s from %s", message.command, received.client_id)
         self.table.routed(partition, received)
@@ -317,19 +350,22 @@ class Router:
         message = message.model_copy(
             update={"sent_from_server": sender.server, "sent_from_service": sender.service}
         )
+        # Strict: the whole message against its definition; else the globals we act on.
         if self.config.strict:
             problems = self.definitions.validate(message)
-            if problems:
-                self.stats["invalid"] += 1
-                reason = "\n".join(str(p) for p in problems)
-                await self.reply(
-                    client_id,
-                    "INVALID",
-                    command=message.command,
-                    reason=reason,
-                    **_correlation(message),
-                )
-                return
+        else:
+            problems = global_parameter_problems(message)
+        if problems:
+            self.stats["invalid"] += 1
+            reason = "\n".join(str(p) for p in problems)
+            await self.reply(
+                client_id,
+                "INVALID",
+                command=message.command,
+                reason=reason,
+                **_correlation(message),
+            )
+            return
         in_reply_to = message.parameters.get("in_reply_to")
         if in_reply_to is not None and is_shadow_reply(in_reply_to):
             await self.shadow.on_reply(sender, in_reply_to, message)  # never delivered
@@ -478,6 +514,7 @@ class Router:
     async def _housekeeping_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.flush_every)
+            self.log.flush()
             try:
                 await self._flush()
                 await self.shadow.housekeeping()
@@ -490,6 +527,7 @@ class Router:
                         reason="no reply in time",
                         instance=pending.instance,
                         server=pending.server,
+                        reporter=pending.requester,
                     )
                 expired: dict[int, list[Cached]] = {}
                 for partition, item in self.cache.expired():

@@ -11,10 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from communicator._errors import DefinitionError
 from communicator._message import command_problem, name_problem
+from communicator._validators import parse_duration
 from communicator._yaml import load_yaml_model
 
 
@@ -23,6 +24,11 @@ def _service_name(value: str) -> str:
     if problem:
         raise ValueError(problem)
     return value
+
+
+def _seconds(value: object) -> object:
+    """A duration as written in YAML (``100ms``), or a plain number of seconds."""
+    return parse_duration(value) if isinstance(value, str) else value
 
 
 def _command_names(value: list[str]) -> list[str]:
@@ -40,13 +46,24 @@ def _command_names(value: list[str]) -> list[str]:
 class ServiceDefinition(BaseModel):
     """What a service is, who owns it, and which commands it accepts."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     name: Annotated[str, AfterValidator(_service_name)]
     description: str = Field(min_length=1)
     commands: Annotated[list[str], AfterValidator(_command_names)] = Field(default_factory=list)
     password_required: bool = False
     owner: str = ""
+    min_timeout: Annotated[float, BeforeValidator(_seconds)] = Field(default=0.1, ge=0, le=3600)
+    """Shortest request timeout counted against this service (a duration: ``100ms``, ``2s``).
+
+    A requester may ask for less, but the communicator then judges the request
+    by its default timeout (30 s): otherwise any client could invalidate a
+    version by asking it for answers within a millisecond.
+    """
+    trusted_reporter: bool = False
+    """Whether its instances may report failures of other services and versions
+    (``FAILURE service=...;version=...``), like a health checker; others only
+    report their own."""
 
 
 def load_service_definition(path: Path | str) -> ServiceDefinition:

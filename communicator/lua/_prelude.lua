@@ -4,7 +4,8 @@
 --
 -- A version's window is one hash: "<bucket start>:<kind>" -> count per bucket,
 -- "t:<kind>" -> the total over the buckets still in the window, and "b" -> the
--- newest bucket. Buckets leave the window (and the totals) when the first
+-- newest bucket; failures also count under "@<reporter>", to tell how many
+-- distinct reporters the evidence has. Buckets leave the window (and the totals) when the first
 -- outcome of a new bucket arrives, so recording a failure and checking the
 -- policy reads six totals, whatever the window's length. No key is built
 -- here: every key comes from communicator/_keys.py through KEYS.
@@ -54,7 +55,10 @@ local function roll_window(window_key, now, policy)
     local bucket, kind = string.match(fields[i], '^(%d+):(.+)$')
     if bucket and tonumber(bucket) < oldest then
       stale[#stale + 1] = fields[i]
-      redis.call('HINCRBY', window_key, 't:' .. kind, -tonumber(fields[i + 1]))
+      if redis.call('HINCRBY', window_key, 't:' .. kind, -tonumber(fields[i + 1])) <= 0
+          and string.sub(kind, 1, 1) == '@' then
+        redis.call('HDEL', window_key, 't:' .. kind)  -- a reporter gone from the window
+      end
     end
   end
   if #stale > 0 then redis.call('HDEL', window_key, unpack(stale)) end
@@ -69,6 +73,22 @@ local function add_outcome(window_key, now, policy, kind, count)
   local current = roll_window(window_key, now, policy)
   redis.call('HINCRBY', window_key, current .. kind, count)
   redis.call('HINCRBY', window_key, 't:' .. kind, count)
+end
+
+-- Note who reported a failure ("@<reporter>" counts, rolled out like the kinds).
+local function add_reporter(window_key, now, policy, reporter, count)
+  if reporter == '' then return end
+  add_outcome(window_key, now, policy, '@' .. reporter, count)
+end
+
+-- How many distinct reporters gave failures still in the window.
+local function window_reporters(window_key)
+  local fields = redis.call('HKEYS', window_key)
+  local reporters = 0
+  for _, name in ipairs(fields) do
+    if string.sub(name, 1, 3) == 't:@' then reporters = reporters + 1 end
+  end
+  return reporters
 end
 
 local function window_counts(window_key)

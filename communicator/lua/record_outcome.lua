@@ -3,7 +3,8 @@
 -- KEYS: 1 version state, 2 version window, 3 version policy, 4 service policy,
 --       5 service versions, 6 services, 7 service failures, 8 events stream
 -- ARGV: 1 service, 2 version, 3 kind, 4 count, 5 reason, 6 instance, 7 server,
---       8 default policy JSON, 9 failures maxlen, 10 events maxlen, 11 events channel
+--       8 default policy JSON, 9 failures maxlen, 10 events maxlen, 11 events channel,
+--       12 reporter (who gave the evidence; '' when unknown)
 -- Returns {invalidated now (0/1), state, reason, evidence JSON or ''}.
 
 local service, version, kind = ARGV[1], ARGV[2], ARGV[3]
@@ -20,6 +21,7 @@ local state = redis.call('HMGET', KEYS[1], 'state', 'reason', 'evidence')
 if kind == 'success' then
   return {0, state[1], state[2] or '', state[3] or ''}
 end
+add_reporter(KEYS[2], now, policy, ARGV[12] or '', count)
 
 -- The entry id is Redis's time in ms; empty fields are left out to keep it small.
 local entry = {'version', version, 'kind', kind, 'count', count}
@@ -44,8 +46,12 @@ local total = failures + counts.success
 -- 0/0 would be NaN, which cjson refuses to encode (a crash loop can trip with no outcomes).
 local rate = 0
 if total > 0 then rate = failures / total end
+local reporters = window_reporters(KEYS[2])
+local min_reporters = policy.min_reporters or 1
 local rule, reason
-if policy.crash_loop > 0 and crashes >= policy.crash_loop then
+if min_reporters > 1 and reporters < min_reporters then
+  return {0, 'valid', '', ''}  -- not enough independent evidence yet
+elseif policy.crash_loop > 0 and crashes >= policy.crash_loop then
   rule = 'crash_loop'
   reason = string.format('crash loop: %d disconnects or crashes within %d s (limit %d)',
     crashes, policy.window_seconds, policy.crash_loop)
@@ -61,7 +67,7 @@ local evidence = {
   rule = rule, counts = counts, failures = failures, crashes = crashes, outcomes = total,
   rate = rate, window_seconds = policy.window_seconds,
   min_failures = policy.min_failures, max_failure_rate = policy.max_failure_rate,
-  crash_loop = policy.crash_loop,
+  crash_loop = policy.crash_loop, reporters = reporters, min_reporters = min_reporters,
   last = {kind = kind, reason = ARGV[5], instance = ARGV[6], server = ARGV[7]},
 }
 local evidence_json = cjson.encode(evidence)

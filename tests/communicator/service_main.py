@@ -38,6 +38,7 @@ async def main() -> None:
     parser.add_argument("--zone", default="")
     parser.add_argument("--password")
     parser.add_argument("--client-id")
+    parser.add_argument("--instance")
     parser.add_argument("--behaviour", choices=["reply", "error", "silent"], default="reply")
     parser.add_argument(
         "--fail-rate", type=float, default=0.0, help="share of requests answered ERROR"
@@ -71,6 +72,7 @@ async def main() -> None:
         zone=args.zone,
         password=args.password,
         client_id=args.client_id,
+        instance=args.instance,
         register_timeout=5,
         concurrency=8,
     )

@@ -490,3 +490,21 @@ def test_lua_scripts_ship_inside_the_package() -> None:
     source = script_source("record_outcome")
     assert "local function clock()" in source
     assert "version_invalidated" in source
+
+
+async def test_min_reporters_keeps_one_client_from_invalidating_a_version(
+    backend: tuple[Redis, Keys],
+) -> None:
+    """With min_reporters=2, any number of failures from one reporter trips nothing."""
+    registry = Registry(redis=backend[0], keys=backend[1])
+    await registry.set_policy("svc", InvalidationPolicy(min_failures=3, min_reporters=2))
+    for _ in range(20):
+        result = await registry.record_outcome("svc", "1.0", "timeout", reporter="attacker")
+        assert not result.invalidated
+    for _ in range(3):
+        result = await registry.record_outcome("svc", "1.0", "crash", reporter="")
+        assert not result.invalidated  # evidence of nobody in particular adds no reporter
+    result = await registry.record_outcome("svc", "1.0", "timeout", reporter="honest")
+    assert result.invalidated
+    assert result.evidence is not None
+    assert (result.evidence["reporters"], result.evidence["min_reporters"]) == (2, 2)
