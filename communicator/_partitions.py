@@ -89,7 +89,8 @@ class PartitionTable:
         never has a message waiting, so routing keeps every sender's order.
         """
         part = self._parts[partition]
-        assert not part.buffer, "replay the held messages before routing new ones"
+        if part.buffer:  # a bug: routing now would overtake what waits
+            raise RuntimeError(f"partition {partition}: replay the held messages first")
         part.leased = True
         part.deadline = deadline
 
