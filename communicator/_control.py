@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from communicator._backoff import backoff_delay, being_cancelled
 from communicator._directory import Instance
-from communicator._message import Message
+from communicator._message import COMMUNICATOR, Message
 from communicator._outcomes import OutcomeKind
 from communicator._registry import InstanceInfo
 
@@ -43,7 +43,7 @@ COMMUNICATOR_COMMANDS = (
 WILL_GRACE = 2.0
 NOT_REGISTERED = "not registered: send REGISTER service=...;version=... first"
 #: Service names no instance may take: the communicator signs its own messages with them.
-RESERVED_SERVICES = frozenset({"communicator"})
+RESERVED_SERVICES = frozenset({COMMUNICATOR})
 #: The client ids docs/protocol.md §1 allows.
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: How long a registered instance has to show it is alive when another claims its name.

@@ -29,6 +29,7 @@ from typing import cast
 
 from communicator import _mqtt_packets as packets
 from communicator._codec import MAX_MESSAGE_BYTES
+from communicator._logs import Throttled
 from communicator._mqtt_packets import PacketReader, ProtocolError, Publish
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class BrokerLink(asyncio.Protocol):
         self.inbox_limit = inbox_limit
         self.max_packet_size = max_packet_size
         self.oversized = 0
+        self._log = Throttled(logger)  # a flood of them must not flood the log
         self._reader = PacketReader(max_packet_size)
         self._transport: asyncio.Transport | None = None
         self._inbox: deque[Publish] = deque()
@@ -286,7 +288,8 @@ class BrokerLink(asyncio.Protocol):
     def _drop(self, head: Publish, size: int) -> None:
         """An oversized message (only its topic read): acknowledge it, count it, say so."""
         self.oversized += 1
-        logger.warning(
+        self._log.warning(
+            "oversized",
             "dropped a message of %d bytes on %.200r: larger than max_packet_size (%d bytes)",
             size,
             head.topic,

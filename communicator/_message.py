@@ -19,6 +19,8 @@ COMMAND_PATTERN = r"[A-Z][A-Z0-9_]*"
 BROADCAST_SERVICES = frozenset({"*", "?", "."})
 #: Server name that addresses every server.
 ALL_SERVERS = "*"
+#: The service name the communicator signs its own messages with (reserved).
+COMMUNICATOR = "communicator"
 
 NAME_RE = re.compile(NAME_PATTERN)
 COMMAND_RE = re.compile(COMMAND_PATTERN)
@@ -95,10 +97,16 @@ class Message(BaseModel):
         return self.service in BROADCAST_SERVICES or self.server == ALL_SERVERS
 
     def reply(self, command: str, /, **parameters: str) -> Message:
-        """Build a reply addressed to the sender of this message."""
+        """Build a reply addressed to the sender of this message.
+
+        A reply to the communicator itself (an ALIVE or CLOCK it sent) goes to
+        no address, which is how the communicator is spoken to: no instance can
+        register as ``communicator``, so that address would only be cached.
+        """
+        from_communicator = self.sent_from_service == COMMUNICATOR
         return Message(
             command=command,
-            server=self.sent_from_server,
-            service=self.sent_from_service,
+            server="" if from_communicator else self.sent_from_server,
+            service="" if from_communicator else self.sent_from_service,
             parameters=parameters,
         )

@@ -8,7 +8,7 @@ import signal
 import pytest
 from redis.asyncio import Redis
 
-from communicator import Registry, ServiceDefinition, Settings
+from communicator import Message, Registry, ServiceDefinition, Settings
 from communicator._keys import Keys
 from communicator._router import Router
 from tests.communicator.conftest import Start
@@ -59,3 +59,12 @@ async def test_a_dead_holders_instance_name_goes_to_the_new_claimant(
             assert got["message"]["command"] == "GET"
     finally:
         os.kill(stalled.process.pid, signal.SIGCONT)
+
+
+def test_a_reply_to_the_communicator_goes_to_no_address() -> None:
+    """Addressed to ``<server>:communicator`` it would wait in the cache: nobody registers so."""
+    probe = Message(command="ALIVE", sent_from_server="vm", sent_from_service="communicator")
+    answer = probe.reply("ABSOLUTELY")
+    assert (answer.server, answer.service) == ("", "")
+    request = Message(command="GET", sent_from_server="vm", sent_from_service="front")
+    assert (request.reply("DONE").server, request.reply("DONE").service) == ("vm", "front")
