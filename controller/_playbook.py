@@ -106,6 +106,10 @@ class RollbackPolicy(BaseModel):
     whatever the rate; 0 never."""
     failure_window: Annotated[Duration, AfterValidator(_failure_window)] = 60.0
     """How long a failure counts (``60s``, ``5m``; at most ``24h``)."""
+    min_reporters: int = Field(default=1, ge=1, le=1000)
+    """Fewest distinct clients whose evidence the failures in the window hold before either
+    rule may trip (requesters for timeouts and errors, instances for their own failures and
+    deaths); 2 or more keeps one client from rolling a canary back on its own."""
     max_latency_p99: Duration | None = None
     """Roll back when the canary's 99th percentile reply time is above this; none by default."""
     progress_deadline: Duration = 600.0
@@ -125,6 +129,8 @@ class RollbackPolicy(BaseModel):
             f"roll back when the canary fails more than {self.max_failure_rate:.0%} of requests "
             f"(after {self.min_failures} failures){crashes} within {window}"
         ]
+        if self.min_reporters > 1:
+            lines.append(f"only on failures reported by {self.min_reporters} clients or more")
         if self.max_latency_p99 is not None:
             p99 = format_duration(self.max_latency_p99)
             lines.append(f"roll back when the canary's p99 reply time is above {p99}")
@@ -147,6 +153,7 @@ class RollbackPolicy(BaseModel):
             min_failures=self.min_failures,
             max_failure_rate=self.max_failure_rate,
             crash_loop=self.consecutive_crashes,
+            min_reporters=self.min_reporters,
         )
 
 

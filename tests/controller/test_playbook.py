@@ -408,3 +408,10 @@ def test_dump_reads_like_a_hand_written_playbook() -> None:
         "  progress_deadline: 1h",
     ]
     assert set(expected) <= set(lines)
+
+
+def test_min_reporters_reaches_the_communicators_policy() -> None:
+    policy = RollbackPolicy(min_reporters=2)
+    assert policy.to_invalidation_policy().min_reporters == 2
+    assert "only on failures reported by 2 clients or more" in policy.describe()
+    assert RollbackPolicy().to_invalidation_policy().min_reporters == 1
