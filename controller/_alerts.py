@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 from typing import Any
 
@@ -31,13 +30,18 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator import EventType, Keys
+from communicator import EventType, Keys, keep_trying
 from controller._keys import ControllerKeys
 from controller._rollout import Phase
 from flags._keys import FlagKeys
 from flags._status import StatusFlag, StatusFlags
 
 logger = logging.getLogger(__name__)
+
+
+def _redis_down(exc: BaseException) -> bool:
+    return isinstance(exc, (RedisError, OSError))
+
 
 #: Where the help pages are (docs/operations.md, published).
 DOCS = "https://deployctl.dev/docs/operations"
@@ -270,18 +274,12 @@ class StatusFlagRaiser:
     # -- the loops -------------------------------------------------------------------------
 
     async def _listen_loop(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self._listen()
-            except (RedisError, OSError) as exc:
-                self.subscribed.clear()
-                failures += 1
-                delay = min(30.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0)
-                logger.warning("status flags: Redis failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+        # keep_trying starts again from the shortest wait after a healthy spell: the
+        # loop it replaces never did, so after a few outages each reconnect took ~30 s.
+        await keep_trying(self._listen, what="status flags: Redis listener", transient=_redis_down)
 
     async def _listen(self) -> None:
+        self.subscribed.clear()  # set again once Redis confirms the subscriptions
         async with self._redis.pubsub() as pubsub:
             await pubsub.subscribe(self.registry_channel, self.rollout_channel)
             async for item in pubsub.listen():
