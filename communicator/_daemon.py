@@ -15,7 +15,8 @@ import typer
 import uvloop
 
 from communicator._definitions import MessageDefinitions
-from communicator._errors import DeployctlError
+from communicator._errors import BackendError, DeployctlError
+from communicator._link import LinkError
 from communicator._mqtt import broker_address, broker_url, wait_for_broker
 from communicator._redis import redis_backend
 from communicator._router import Router, RouterConfig
@@ -100,7 +101,8 @@ def main(
         asyncio.run(serve(Settings(), definitions=definitions, services=services, strict=strict))
     except DeployctlError as exc:
         print(f"communicatord: {exc}", file=sys.stderr)
-        raise SystemExit(2 if not hasattr(exc, "backend") else 3) from None
+        # 3: a backend (Redis, the broker) is unreachable or refused us; 2: bad input.
+        raise SystemExit(3 if isinstance(exc, BackendError | LinkError) else 2) from None
     except KeyboardInterrupt:
         pass
 

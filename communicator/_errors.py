@@ -2,7 +2,23 @@
 
 Every error the product raises derives from :class:`DeployctlError`, carries
 its context as attributes and says, in its message, what to do next. The tree
-is rooted here, in the lowest layer, so that every package can extend it.
+is rooted here, in the lowest layer, so that every package can extend it::
+
+    DeployctlError
+    ├── MessageError (ValueError)        a message that cannot be read or sent
+    ├── DefinitionError                  a message or service definition file
+    ├── ConfigError                      settings
+    ├── BackendError                     Redis or the broker unreachable (backend, url)
+    ├── RegistryError                    a registry call with bad names or counts
+    ├── ClientError                      the client library
+    │   ├── RegistrationRefused          REFUSE (reason, retry_after)
+    │   └── RequestFailed                no reply, or an error reply
+    ├── LinkError (ConnectionError)      the router's broker link (communicator._link)
+    ├── ProtocolError (ValueError)       bytes that are not MQTT (communicator._mqtt_packets)
+    └── the other packages' own: flags.FlagError, flags.UnknownOperator, controller's ...
+
+Daemons choose their exit code by class: 3 for a backend (``BackendError``,
+``LinkError``), 2 for the rest.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from typing import cast
 
 from communicator import _mqtt_packets as packets
 from communicator._codec import MAX_MESSAGE_BYTES
+from communicator._errors import DeployctlError
 from communicator._logs import Throttled
 from communicator._mqtt_packets import PacketReader, ProtocolError, Publish
 
@@ -40,8 +41,8 @@ logger = logging.getLogger(__name__)
 MAX_PACKET_SIZE = MAX_MESSAGE_BYTES + 4096
 
 
-class LinkError(ConnectionError):
-    """The broker connection failed, was refused, or ended.
+class LinkError(DeployctlError, ConnectionError):
+    """The broker connection failed, was refused, or ended (an ``OSError`` too).
 
     Attributes:
         code: The CONNACK return code when the broker refused us, else ``None``.

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from communicator._errors import DeployctlError
+
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = range(8, 15)
 
@@ -31,7 +33,7 @@ CONNACK_REASONS = {
 }
 
 
-class ProtocolError(ValueError):
+class ProtocolError(DeployctlError, ValueError):
     """Bytes from the broker that are not a valid MQTT 3.1.1 packet."""
 
 

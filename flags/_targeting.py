@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from communicator import DeployctlError
 from flags._flagd_ops import (
     bucket_hash,
     canonical_cbor,
@@ -52,7 +53,7 @@ _FLAGD_OPS: dict[str, Operation] = {
 }
 
 
-class UnknownOperator(ReferenceError):
+class UnknownOperator(DeployctlError, ReferenceError):
     """A rule uses an operator flagd does not know (flagd reports PARSE_ERROR)."""
 
 
