@@ -1,4 +1,4 @@
-"""Every exception deployctl defines is a DeployctlError (communicator/_errors.py draws the tree)."""
+"""Every exception deployctl defines is a DeployctlError (see communicator/_errors.py)."""
 
 from __future__ import annotations
 
