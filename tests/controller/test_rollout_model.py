@@ -224,9 +224,17 @@ class RolloutModel(RuleBasedStateMachine):
         after = self.rollout()
         assert after is not None
         if answer.evidence.get("refused"):
-            assert (after.phase, after.step) == (before.phase, before.step) or before.phase in (
-                Phase.PENDING,
-            ), "a refused request changed the rollout"
+            unchanged = (after.phase, after.step) == (before.phase, before.step)
+            # The leader's tick that refuses it may end an analysis step as inconclusive
+            # (on_inconclusive: pause) all by itself: the request did not move anything.
+            judged = (
+                after.step == before.step
+                and after.phase is Phase.PAUSED
+                and "analysis" in PLAYBOOK["steps"][before.step]
+            )
+            assert unchanged or judged or before.phase is Phase.PENDING, (
+                "a refused request changed the rollout"
+            )
         elif action == "promote" and before.phase.active and before.phase is not Phase.PENDING:
             assert after.step > before.step or not after.phase.active
 
