@@ -55,6 +55,29 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+async def finished(task: asyncio.Task[Any], what: str, timeout: float = 15.0) -> None:
+    """Wait for ``task`` to end; after ``timeout``, fail showing where every task is stuck.
+
+    A daemon's shutdown that hangs is a bug worth a readable report: the
+    stacks name the loop that did not let go.
+    """
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done:
+        task.result()
+        return
+    stuck = []
+    for pending in asyncio.all_tasks():
+        if pending is asyncio.current_task():
+            continue
+        frames = "".join(
+            f"\n    {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+            for f in pending.get_stack()
+        )
+        stuck.append(f"  {pending.get_name()}:{frames}")
+    task.cancel()
+    raise AssertionError(f"{what} did not stop within {timeout:g} s; tasks:\n" + "\n".join(stuck))
+
+
 async def deployctl_json(*args: str, code: int = 0) -> Any:
     """``deployctl ARGS --json`` in this process (in a thread): check the exit code, return JSON.
 

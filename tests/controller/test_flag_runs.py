@@ -19,7 +19,7 @@ from communicator import Keys, OutcomeKind, Registry, Settings
 from controller._controller import Controller
 from flags import Flag, FlagKeys, FlagStore
 from tests.conftest import deployctl_json as cli
-from tests.conftest import eventually
+from tests.conftest import eventually, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90), pytest.mark.usefixtures("cli_env")]
 
@@ -67,7 +67,7 @@ async def leading(settings: Settings, redis: Redis) -> AsyncIterator[Controller]
         yield controller
     finally:
         controller.stop()
-        await asyncio.wait_for(task, 10)
+        await finished(task, "the controller")
 
 
 @pytest.fixture
@@ -160,18 +160,26 @@ async def test_a_standby_controller_finishes_the_run(
     settings: Settings, redis: Redis, store: FlagStore, tmp_path: Path
 ) -> None:
     """The run lives in Redis: when its leader stops, the standby takes the lead and ends it."""
-    async with leading(settings, redis) as first:
-        standby = Controller(settings=settings, redis=redis, tick=0.1)
-        waiting = asyncio.create_task(standby.run())
-        args = ("--playbook", playbook(tmp_path, "2s"), "--service", SERVICE, "--baseline", "0s")
-        await cli("flag", "rollout", KEY, *args)
-
-        async def started() -> bool:
-            return bool((await run_state())["percentage"] == 20)
-
-        await eventually(started, "the first step")
-        first.stop()
+    standby = Controller(settings=settings, redis=redis, tick=0.1)
+    waiting: asyncio.Task[None] | None = None
     try:
+        async with leading(settings, redis) as first:
+            waiting = asyncio.create_task(standby.run())
+            args = (
+                "--playbook",
+                playbook(tmp_path, "2s"),
+                "--service",
+                SERVICE,
+                "--baseline",
+                "0s",
+            )
+            await cli("flag", "rollout", KEY, *args)
+
+            async def started() -> bool:
+                return bool((await run_state())["percentage"] == 20)
+
+            await eventually(started, "the first step")
+            first.stop()
         await asyncio.wait_for(standby.leading.wait(), 10)
 
         async def ended() -> bool:
@@ -181,4 +189,5 @@ async def test_a_standby_controller_finishes_the_run(
         assert (await run_state())["phase"] == "Succeeded"
     finally:
         standby.stop()
-        await asyncio.wait_for(waiting, 10)
+        if waiting is not None:
+            await finished(waiting, "the standby controller")
