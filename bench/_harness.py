@@ -48,9 +48,7 @@ ROOT = _HERE.parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout: the packages sit beside bench/
     sys.path.insert(0, str(ROOT))
 
-from communicator._keys import Keys  # noqa: E402
-from communicator._settings import parse_mqtt_url  # noqa: E402
-from communicator._topics import Topics  # noqa: E402
+from communicator.backends import Keys, Topics, parse_mqtt_url  # noqa: E402
 
 REDIS_URL = os.environ.get("DEPLOYCTL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 MQTT_URL = os.environ.get("DEPLOYCTL_BENCH_MQTT_URL", "mqtt://127.0.0.1:1883")
@@ -296,7 +294,7 @@ class Communicatord:
             self._log = None
 
 
-_DAEMON = "from communicator._daemon import run; run()"
+_DAEMON = "from communicator.router import run; run()"
 
 
 class Worker:

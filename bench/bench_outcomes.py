@@ -30,9 +30,8 @@ from redis.asyncio import Redis
 # Run from a checkout without installing: the packages sit beside bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from communicator._keys import Keys
-from communicator._outcomes import InvalidationPolicy
-from communicator._registry import Registry
+from communicator.backends import Keys
+from communicator.registry import InvalidationPolicy, Registry
 
 ROUND_SECONDS = 1.0
 ROUNDS = 3

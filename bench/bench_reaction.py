@@ -45,8 +45,7 @@ from bench._harness import (
     verdict,
     workers,
 )
-from communicator._outcomes import InvalidationPolicy
-from communicator._registry import Registry
+from communicator.registry import InvalidationPolicy, Registry
 
 RATE = 2_000.0
 TRIALS = 20

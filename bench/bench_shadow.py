@@ -54,9 +54,8 @@ from bench._harness import (
     verdict,
 )
 from communicator import Mirror, PlanStore, Pool, RoutePlan
-from communicator._replies import text
-from communicator._shadow_compare import merge
-from communicator._topics import Topics
+from communicator.backends import Topics, text
+from communicator.router import merge
 
 RATE = float(os.environ.get("DEPLOYCTL_BENCH_SHADOW_RATE", "2000"))
 SECONDS = 4.0  # per setup and round

@@ -3,26 +3,6 @@
 This package is the lowest layer of deployctl: it imports nothing else of ours.
 """
 
-from communicator._backoff import keep_trying
-from communicator._broker import EmbeddedBroker, write_password_file
-from communicator._client import Client
-from communicator._codec import (
-    MAX_MESSAGE_BYTES,
-    decode,
-    encode,
-    format_json,
-    format_line,
-    parse_json,
-    parse_line,
-)
-from communicator._daemon import main as communicatord
-from communicator._definitions import (
-    MessageDefinition,
-    MessageDefinitions,
-    Override,
-    ParameterDefinition,
-    Problem,
-)
 from communicator._errors import (
     BackendError,
     ClientError,
@@ -34,49 +14,74 @@ from communicator._errors import (
     RegistryError,
     RequestFailed,
 )
-from communicator._events import Event, EventType, parse_event
-from communicator._keys import Keys
-from communicator._measures import Measurements, Totals
-from communicator._message import Message
-from communicator._mqtt import broker_url, mqtt_client, wait_for_broker
-from communicator._outcomes import (
+from communicator._version import __version__
+from communicator.backends import (
+    EmbeddedBroker,
+    EmbeddedRedis,
+    Keys,
+    Settings,
+    Topics,
+    broker_url,
+    connect_redis,
+    keep_trying,
+    masked,
+    mqtt_client,
+    redis_backend,
+    wait_for_broker,
+    write_password_file,
+)
+from communicator.client import Client
+from communicator.registry import (
+    AuthResult,
+    AuthStatus,
+    Event,
+    EventType,
     FailureRecord,
+    InstanceInfo,
     InvalidationPolicy,
+    Measurements,
+    Mirror,
     OutcomeKind,
     OutcomeResult,
+    PasswordStore,
+    PlanStore,
+    Pool,
+    Registry,
+    RoutePlan,
+    ThrottlePolicy,
+    Totals,
     VersionInfo,
     VersionState,
     VersionStatus,
-)
-from communicator._passwords import (
-    AuthResult,
-    AuthStatus,
-    PasswordStore,
-    ThrottlePolicy,
     hash_password,
-    verify_password,
-)
-from communicator._plans import (
-    Mirror,
-    PlanStore,
-    Pool,
-    RoutePlan,
+    parse_event,
     routed_weights,
     traffic_shares,
+    verify_password,
     with_mirror,
 )
-from communicator._redis import EmbeddedRedis, connect_redis, redis_backend
-from communicator._registry import InstanceInfo, Registry
-from communicator._router import Router, RouterConfig
-from communicator._services import (
+from communicator.router import Router, RouterConfig, communicatord
+from communicator.wire import (
+    MAX_MESSAGE_BYTES,
+    Message,
+    MessageDefinition,
+    MessageDefinitions,
+    Override,
+    ParameterDefinition,
+    Problem,
     ServiceDefinition,
+    Validator,
+    decode,
+    encode,
+    format_json,
+    format_line,
     load_service_definition,
     load_service_definitions,
+    parse_duration,
+    parse_json,
+    parse_line,
+    parse_timestamp,
 )
-from communicator._settings import Settings, masked
-from communicator._topics import Topics
-from communicator._validators import Validator, parse_duration, parse_timestamp
-from communicator._version import __version__
 
 __all__ = [
     "MAX_MESSAGE_BYTES",

@@ -1,5 +1,5 @@
 """``python -m communicator`` is ``communicatord``."""
 
-from communicator._daemon import run
+from communicator.router._daemon import run
 
 run()

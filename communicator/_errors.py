@@ -13,8 +13,8 @@ is rooted here, in the lowest layer, so that every package can extend it::
     ├── ClientError                      the client library
     │   ├── RegistrationRefused          REFUSE (reason, retry_after)
     │   └── RequestFailed                no reply, or an error reply
-    ├── LinkError (ConnectionError)      the router's broker link (communicator._link)
-    ├── ProtocolError (ValueError)       bytes that are not MQTT (communicator._mqtt_packets)
+    ├── LinkError (ConnectionError)      the router's broker link (backends._link)
+    ├── ProtocolError (ValueError)       bytes that are not MQTT (backends._mqtt_packets)
     └── the other packages' own: flags.FlagError, flags.UnknownOperator, controller's ...
 
 Daemons choose their exit code by class: 3 for a backend (``BackendError``,

@@ -33,8 +33,7 @@ from redis.exceptions import RedisError
 from communicator import EventType, Keys, keep_trying
 from controller._keys import ControllerKeys
 from controller._rollout import Phase
-from flags._keys import FlagKeys
-from flags._status import StatusFlag, StatusFlags
+from flags import FlagKeys, StatusFlag, StatusFlags
 
 logger = logging.getLogger(__name__)
 

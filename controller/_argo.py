@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from communicator import DefinitionError, parse_duration
-from communicator._yaml import _line_of
+from communicator.wire import line_of
 from controller._playbook import Playbook, RollbackPolicy
 
 _STEPS = ("spec", "strategy", "canary", "steps")
@@ -95,32 +95,32 @@ def import_argo(manifest_text: str, source: str = "<manifest>") -> tuple[Playboo
             f"Rollout {name} uses the blue-green strategy, which import does not support yet: "
             "write a playbook by hand (docs/playbooks.md)",
             path=source,
-            line=_line_of(node, ("spec", "strategy", "blueGreen")),
+            line=line_of(node, ("spec", "strategy", "blueGreen")),
         )
     if not isinstance(strategy.get("canary"), dict):
         raise DefinitionError(
             f"Rollout {name} has no spec.strategy.canary: import converts canary steps",
             path=source,
-            line=_line_of(node, ("spec", "strategy")),
+            line=line_of(node, ("spec", "strategy")),
         )
     warnings: list[str] = []
     notes: list[str] = []
     steps: list[dict[str, Any]] = []
     origins: list[int] = []  # for each of our steps, the index of the Argo step it came from
     for index, argo_step in enumerate(_get(rollout, *_STEPS) or []):
-        where = f"Argo step {index + 1} (line {_line_of(node, (*_STEPS, index))})"
+        where = f"Argo step {index + 1} (line {line_of(node, (*_STEPS, index))})"
         if not isinstance(argo_step, dict) or len(argo_step) != 1:
             raise DefinitionError(
                 f"{where}: an Argo step is a mapping with one key, like `- setWeight: 20`",
                 path=source,
-                line=_line_of(node, (*_STEPS, index)),
+                line=line_of(node, (*_STEPS, index)),
             )
         ((key, body),) = argo_step.items()
         try:
             step = _convert(key, body, where, warnings, notes)
         except ValueError as exc:
             raise DefinitionError(
-                f"{where}: {key}: {exc}", path=source, line=_line_of(node, (*_STEPS, index))
+                f"{where}: {key}: {exc}", path=source, line=line_of(node, (*_STEPS, index))
             ) from None
         if step is not None:
             steps.append(step)
@@ -159,7 +159,7 @@ def import_argo(manifest_text: str, source: str = "<manifest>") -> tuple[Playboo
             at, what = ("metadata", "name"), "metadata.name: "
         else:
             at, what = ("spec", "progressDeadlineSeconds"), "progressDeadlineSeconds: "
-        raise DefinitionError(what + error["msg"], path=source, line=_line_of(node, at)) from None
+        raise DefinitionError(what + error["msg"], path=source, line=line_of(node, at)) from None
 
 
 def _template_names(templates: Any) -> str:

@@ -18,8 +18,14 @@ from rich.markup import escape
 
 from controller._cli_registry import RegistryAccess, local_time, with_registry
 from controller._output import JSON_OPTION, Exit, console, emit, fail
-from flags._keys import FlagKeys
-from flags._status import DEFAULT_PRIORITY, StatusFlag, StatusFlagError, StatusFlags, parse_flag_id
+from flags import (
+    DEFAULT_PRIORITY,
+    FlagKeys,
+    StatusFlag,
+    StatusFlagError,
+    StatusFlags,
+    parse_flag_id,
+)
 
 alerts_app = typer.Typer(
     help="Status flags: problems raised for an administrator, each with what to do.",

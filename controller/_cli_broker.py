@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from communicator import Topics
-from communicator._link import MAX_PACKET_SIZE
+from communicator.backends import MAX_PACKET_SIZE
 from controller._cli_registry import load_settings
 from controller._output import JSON_OPTION, console, emit, err_console, fail
 

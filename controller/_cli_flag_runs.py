@@ -25,8 +25,7 @@ from controller._flag_runs import FlagRun, FlagRunError, FlagRunPhase, FlagRunSt
 from controller._keys import ControllerKeys
 from controller._output import JSON_OPTION, Exit, console, emit, err_console, fail
 from flags import Flag, FlagError, FlagState
-from strategies import FlagRolloutError
-from strategies._flag_rollout import on_off_variants
+from strategies import FlagRolloutError, on_off_variants
 
 
 def _runs(access: RegistryAccess) -> FlagRunStore:

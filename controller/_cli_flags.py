@@ -15,9 +15,18 @@ from rich.text import Text
 
 from controller._cli_registry import RegistryAccess, with_registry
 from controller._output import JSON_OPTION, Exit, console, emit, fail
-from flags import Flag, FlagError, FlagState, evaluate, flagd_document, flags_from_flagd_document
-from flags._keys import FlagKeys
-from flags._store import FlagStore, FlagStoreError, StoredFlag
+from flags import (
+    Flag,
+    FlagError,
+    FlagKeys,
+    FlagState,
+    FlagStore,
+    FlagStoreError,
+    StoredFlag,
+    evaluate,
+    flagd_document,
+    flags_from_flagd_document,
+)
 
 app = typer.Typer(help="Feature flags: every one with help and a help URL.", no_args_is_help=True)
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the flag's history).")]

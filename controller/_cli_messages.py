@@ -16,7 +16,7 @@ from communicator import (
     format_json,
     format_line,
 )
-from communicator._docs import render_definitions, replace_generated
+from communicator.wire import render_definitions, replace_generated
 from controller._output import JSON_OPTION, Exit, console, emit, err_console, fail
 
 app = typer.Typer(

@@ -18,8 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from communicator import Mirror, PlanStore, Pool, RoutePlan, with_mirror
-from communicator._replies import text
-from communicator._shadow_compare import merge
+from communicator.backends import text
+from communicator.router import merge
 from controller._cli_registry import RegistryAccess, with_registry
 from controller._output import JSON_OPTION, Exit, console, emit, fail
 

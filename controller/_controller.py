@@ -28,8 +28,7 @@ from controller._engine import RolloutEngine
 from controller._flag_runs import FlagRunEngine, FlagRunStore
 from controller._keys import ControllerKeys
 from controller._rollout import RolloutStore
-from flags import FlagKeys, FlagStore
-from flags._publisher import FlagPublisher
+from flags import FlagKeys, FlagPublisher, FlagStore
 from strategies import CanaryStrategy, FlagRollout
 
 logger = logging.getLogger(__name__)

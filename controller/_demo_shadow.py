@@ -41,8 +41,8 @@ from communicator import (
     Settings,
     with_mirror,
 )
-from communicator._replies import text
-from communicator._shadow_compare import merge
+from communicator.backends import text
+from communicator.router import merge
 from controller._demo import demo_settings
 from controller._up import Stack
 

@@ -25,8 +25,7 @@ from communicator import DeployctlError
 from controller._keys import ControllerKeys
 from controller._playbook import Playbook
 from flags import FlagConflict
-from strategies import FlagRollout
-from strategies._flag_rollout import MIN_OUTCOMES, ServiceReading, failure_rate
+from strategies import MIN_OUTCOMES, FlagRollout, ServiceReading, failure_rate
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from communicator import DefinitionError, InvalidationPolicy
-from communicator._outcomes import MAX_WINDOW_BUCKETS
-from communicator._yaml import _line_of, parse_yaml
+from communicator.registry import MAX_WINDOW_BUCKETS
+from communicator.wire import line_of, parse_yaml
 from controller._playbook_fields import (
     DURATIONS_AS_TEXT,
     NAME_RE,
@@ -241,7 +241,7 @@ def parse_playbook(text: str, source: str = "<playbook>") -> Playbook:
         return Playbook.model_validate(data)
     except ValidationError as exc:
         problems = sorted(
-            ((_line_of(node, tuple(e["loc"])) or 0, _explain(e)) for e in exc.errors()),
+            ((line_of(node, tuple(e["loc"])) or 0, _explain(e)) for e in exc.errors()),
             key=lambda item: item[0],
         )
     first_line = problems[0][0] or None

@@ -11,11 +11,12 @@ from flags._evaluate import CompiledFlag, ErrorCode, FlagType, Reason, Resolutio
 from flags._keys import FlagKeys
 from flags._model import FLAGD_SCHEMA, Flag, FlagState, flagd_document, flags_from_flagd_document
 from flags._publisher import FlagPublisher
-from flags._status import StatusFlag, StatusFlagError, StatusFlags, parse_flag_id
+from flags._status import DEFAULT_PRIORITY, StatusFlag, StatusFlagError, StatusFlags, parse_flag_id
 from flags._store import FlagConflict, FlagStore, FlagStoreError, StoredFlag
 from flags._targeting import OPERATORS, Targeting, UnknownOperator, compile_targeting
 
 __all__ = [
+    "DEFAULT_PRIORITY",
     "EXAMPLE_FLAG",
     "FLAGD_SCHEMA",
     "OPERATORS",

@@ -27,7 +27,7 @@ from typing import Any, Literal, Self
 import aiomqtt
 
 from communicator import Settings, mqtt_client
-from communicator._backoff import backoff_delay, being_cancelled
+from communicator.backends import backoff_delay, being_cancelled
 from flags._errors import FlagError
 from flags._evaluate import CompiledFlag, FlagType, Reason, Resolution, evaluate
 from flags._model import Flag, flags_from_flagd_document

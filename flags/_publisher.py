@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from communicator import Settings, mqtt_client
-from communicator._backoff import backoff_delay, being_cancelled
+from communicator.backends import backoff_delay, being_cancelled
 from flags._keys import FlagKeys
 from flags._store import FlagStore, StoredFlag
 from flags._topics import FlagTopics

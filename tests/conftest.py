@@ -231,7 +231,7 @@ def launch_mosquitto(name: str, workdir: Path, port: int, *lines: str) -> Server
 @contextlib.contextmanager
 def amqtt_in_thread(port: int) -> Iterator[None]:
     """Run the embedded broker on its own event loop in a thread."""
-    from communicator._broker import EmbeddedBroker
+    from communicator.backends._broker import EmbeddedBroker
 
     started, failure = threading.Event(), []
     stop: list[Callable[[], object]] = []

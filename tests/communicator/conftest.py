@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import ServiceDefinition, Settings
-from communicator._router import Router
+from communicator.router._router import Router
 from tests.communicator.fleet import ServiceProcess, running_router
 from tests.conftest import Server, answers, free_port, launch_mosquitto
 

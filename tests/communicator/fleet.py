@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from communicator import Settings
-from communicator._router import Router, RouterConfig
+from communicator.router._router import Router, RouterConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 10.0

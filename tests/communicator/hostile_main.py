@@ -27,7 +27,7 @@ from typing import Any
 import aiomqtt
 
 from communicator import Settings
-from communicator._mqtt import broker_address
+from communicator.backends._mqtt import broker_address
 
 
 async def obey(client: aiomqtt.Client, prefix: str, order: dict[str, Any]) -> list[str]:

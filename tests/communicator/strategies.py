@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from communicator import Message
-from communicator._message import COMMAND_PATTERN, NAME_PATTERN
+from communicator.wire._message import COMMAND_PATTERN, NAME_PATTERN
 
 names = st.from_regex(rf"\A{NAME_PATTERN}\Z", fullmatch=True).filter(lambda s: len(s) <= 20)
 commands = st.from_regex(rf"\A{COMMAND_PATTERN}\Z", fullmatch=True).filter(lambda s: len(s) <= 20)

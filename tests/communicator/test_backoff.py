@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from communicator import _backoff
-from communicator._backoff import keep_trying
+from communicator.backends import _backoff
+from communicator.backends._backoff import keep_trying
 
 
 async def test_a_healthy_spell_resets_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Client, ClientError, Keys, Message, Registry, Router, Settings
-from communicator._mqtt import mqtt_client
+from communicator.backends._mqtt import mqtt_client
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from communicator import (
     parse_json,
     parse_line,
 )
-from communicator._codec import MAX_MESSAGE_BYTES
+from communicator.wire._codec import MAX_MESSAGE_BYTES
 from tests.communicator.strategies import messages, names
 
 #: Every control character (Unicode category Cc), which no form writes raw.

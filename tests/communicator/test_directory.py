@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from communicator._directory import Directory, Instance, Verdict
-from communicator._plans import Mirror, Pool, RoutePlan
+from communicator.registry._plans import Mirror, Pool, RoutePlan
+from communicator.router._directory import Directory, Instance, Verdict
 
 
 def instance(
@@ -194,7 +194,7 @@ def test_weights_are_exact_over_any_run() -> None:
 
 def test_a_pool_with_no_live_instance_is_renormalised_as_routed_weights_says() -> None:
     """The router and `routed_weights` agree when the plan names a version with no instance."""
-    from communicator._plans import traffic_shares
+    from communicator.registry._plans import traffic_shares
 
     plan = RoutePlan(pools=[Pool(version="1.0", weight=90), Pool(version="1.4", weight=10)])
     d = directory(instance("a", "1.1"), instance("b", "1.4"), plan=plan)

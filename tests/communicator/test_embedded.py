@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from communicator._broker import EmbeddedBroker, write_password_file
 from communicator._errors import BackendError, ConfigError
-from communicator._mqtt import mqtt_client, wait_for_broker
-from communicator._redis import EmbeddedRedis, connect_redis, redis_backend
-from communicator._settings import Settings
+from communicator.backends._broker import EmbeddedBroker, write_password_file
+from communicator.backends._mqtt import mqtt_client, wait_for_broker
+from communicator.backends._redis import EmbeddedRedis, connect_redis, redis_backend
+from communicator.backends._settings import Settings
 from tests.conftest import answers, free_port
 
 

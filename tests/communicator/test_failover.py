@@ -21,9 +21,9 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Registry, Settings
-from communicator._control import WILL_GRACE
-from communicator._keys import Keys
-from communicator._partitions import partition_of
+from communicator.backends._keys import Keys
+from communicator.router._control import WILL_GRACE
+from communicator.router._partitions import partition_of
 from tests.communicator.fleet import ROOT, ServiceProcess, environment, running_router
 from tests.conftest import Server, free_port, launch_mosquitto
 

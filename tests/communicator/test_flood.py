@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from communicator._router import Router
+from communicator.router._router import Router
 from tests.communicator.conftest import Start
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,9 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Message, Registry, Settings
-from communicator._codec import decode
-from communicator._keys import Keys
-from communicator._partitions import partition_of
+from communicator.backends._keys import Keys
+from communicator.router._partitions import partition_of
+from communicator.wire._codec import decode
 from tests.communicator.fleet import ROOT, ServiceProcess, environment
 
 pytestmark = pytest.mark.integration

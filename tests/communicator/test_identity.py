@@ -9,8 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Message, Registry, ServiceDefinition, Settings
-from communicator._keys import Keys
-from communicator._router import Router
+from communicator.backends._keys import Keys
+from communicator.router._router import Router
 from tests.communicator.conftest import Start
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ import aiomqtt
 import pytest
 from redis.asyncio import Redis
 
-from communicator import _mqtt_packets as packets
-from communicator._link import BrokerLink, LinkError
-from communicator._mqtt import tls_context
-from communicator._router import Router, RouterConfig
-from communicator._settings import Settings, parse_mqtt_url
+from communicator.backends import _mqtt_packets as packets
+from communicator.backends._link import BrokerLink, LinkError
+from communicator.backends._mqtt import tls_context
+from communicator.backends._settings import Settings, parse_mqtt_url
+from communicator.router._router import Router, RouterConfig
 from tests.communicator.conftest import needs_mosquitto
 from tests.conftest import free_port
 

@@ -14,9 +14,9 @@ import tracemalloc
 
 import pytest
 
-from communicator import _mqtt_packets as packets
-from communicator._link import MAX_PACKET_SIZE, BrokerLink
-from communicator._settings import parse_mqtt_url
+from communicator.backends import _mqtt_packets as packets
+from communicator.backends._link import MAX_PACKET_SIZE, BrokerLink
+from communicator.backends._settings import parse_mqtt_url
 from tests.conftest import mqtt_plan
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import aiomqtt
 import pytest
 
 from communicator._errors import BackendError
-from communicator._mqtt import broker_address, broker_url, mqtt_client, wait_for_broker
-from communicator._settings import Settings
+from communicator.backends._mqtt import broker_address, broker_url, mqtt_client, wait_for_broker
+from communicator.backends._settings import Settings
 from tests.communicator.conftest import needs_mosquitto
 from tests.conftest import free_port
 

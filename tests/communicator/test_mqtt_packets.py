@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from communicator import _mqtt_packets as packets
-from communicator._mqtt_packets import MAX_LENGTH, PacketReader, ProtocolError, Publish
+from communicator.backends import _mqtt_packets as packets
+from communicator.backends._mqtt_packets import MAX_LENGTH, PacketReader, ProtocolError, Publish
 
 topics = st.text(
     st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00+#"), max_size=40

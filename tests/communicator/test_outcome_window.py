@@ -8,9 +8,9 @@ import pytest
 from fakeredis import FakeAsyncRedis
 from fakeredis.commands_mixins import server_mixin
 
-from communicator._keys import Keys
-from communicator._outcomes import InvalidationPolicy, OutcomeKind
-from communicator._registry import Registry
+from communicator.backends._keys import Keys
+from communicator.registry._outcomes import InvalidationPolicy, OutcomeKind
+from communicator.registry._registry import Registry
 
 pytest.importorskip("lupa", reason="fakeredis needs its lua extra for EVALSHA")
 

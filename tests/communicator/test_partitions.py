@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from communicator._partitions import CHECKPOINT_DEPTH, PartitionTable, Received
+from communicator.router._partitions import CHECKPOINT_DEPTH, PartitionTable, Received
 
 SECONDS, SIZE = 10.0, 1000
 

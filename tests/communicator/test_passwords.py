@@ -11,9 +11,9 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator._errors import RegistryError
-from communicator._events import EventType, parse_event
-from communicator._keys import Keys
-from communicator._passwords import (
+from communicator.backends._keys import Keys
+from communicator.registry._events import EventType, parse_event
+from communicator.registry._passwords import (
     AuthStatus,
     PasswordStore,
     ThrottlePolicy,

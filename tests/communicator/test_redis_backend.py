@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from communicator._backoff import FIRST_WAIT, MAX_WAIT, backoff_delay
 from communicator._errors import BackendError, ConfigError
-from communicator._redis import connect_redis
-from communicator._settings import Settings
+from communicator.backends._backoff import FIRST_WAIT, MAX_WAIT, backoff_delay
+from communicator.backends._redis import connect_redis
+from communicator.backends._settings import Settings
 from tests.conftest import Server, answers, free_port, redis_args, redis_server_binary
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 
 from communicator._errors import RegistryError
-from communicator._events import EventType, parse_event
-from communicator._keys import Keys
-from communicator._lua import script_source
-from communicator._outcomes import InvalidationPolicy, OutcomeKind, VersionStatus
-from communicator._registry import InstanceInfo, Registry
+from communicator.backends._keys import Keys
+from communicator.registry._events import EventType, parse_event
+from communicator.registry._lua import script_source
+from communicator.registry._outcomes import InvalidationPolicy, OutcomeKind, VersionStatus
+from communicator.registry._registry import InstanceInfo, Registry
 
 pytestmark = pytest.mark.integration
 

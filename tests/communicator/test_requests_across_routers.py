@@ -17,9 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Settings
-from communicator._partitions import partition_of
-from communicator._router import Router
-from communicator._settings import parse_mqtt_url
+from communicator.backends._settings import parse_mqtt_url
+from communicator.router._partitions import partition_of
+from communicator.router._router import Router
 from tests.communicator.fleet import ServiceProcess, running_router
 from tests.conftest import eventually
 
@@ -150,7 +150,7 @@ async def test_a_held_reply_without_a_hand_off_is_routed_by_address(
 ) -> None:
     """A reply whose hand-off never comes is not lost: after a while it goes by its address."""
     first, second = routers
-    monkeypatch.setattr("communicator._requests.ORPHAN_SECONDS", 0.3)
+    monkeypatch.setattr("communicator.router._requests.ORPHAN_SECONDS", 0.3)
     listener = await launch(first, "listener", "1.0", "--commands", "NOTE")
     talker = await launch(second, "talker", "1.0")
     # A reply to a request this router never saw (nor will hear of): in_reply_to, no hand-off.

@@ -20,7 +20,7 @@ from communicator import (
     RouterConfig,
     Settings,
 )
-from communicator._control import WILL_GRACE
+from communicator.router._control import WILL_GRACE
 from tests.communicator.conftest import CACHE_SIZE, Start
 from tests.communicator.fleet import ServiceProcess, running_router
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from communicator._errors import ConfigError
-from communicator._settings import (
+from communicator.backends._settings import (
     Settings,
     masked,
     parse_mqtt_url,

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from communicator import Message, MessageDefinitions, Validator, parse_duration, parse_timestamp
-from communicator._message import _SURROGATE_RE
-from communicator._validators import _GLOBAL_RULES, MAX_ID_LENGTH, global_parameter_problems
+from communicator.wire._message import _SURROGATE_RE
+from communicator.wire._validators import _GLOBAL_RULES, MAX_ID_LENGTH, global_parameter_problems
 
 validator = TypeAdapter(Validator).validate_python
 SHIPPED_GLOBALS = MessageDefinitions.load().global_parameters

@@ -17,8 +17,8 @@ import aiomqtt
 import pytest
 from typer.testing import CliRunner
 
-from communicator import _mqtt_packets as packets
-from communicator._link import MAX_PACKET_SIZE
+from communicator.backends import _mqtt_packets as packets
+from communicator.backends._link import MAX_PACKET_SIZE
 from controller._cli import app
 from tests.conftest import Server, answers, free_port
 from tests.controller.test_cli_broker import TIMEOUT, add_user, first_message

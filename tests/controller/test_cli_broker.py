@@ -14,7 +14,7 @@ import aiomqtt
 import pytest
 from typer.testing import CliRunner
 
-from communicator._link import MAX_PACKET_SIZE
+from communicator.backends._link import MAX_PACKET_SIZE
 from controller._cli import app
 from tests.conftest import Server, answers, free_port
 

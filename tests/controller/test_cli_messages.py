@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from communicator import MessageDefinitions, __version__
-from communicator._docs import render_definitions
+from communicator.wire._docs import render_definitions
 from controller._cli import app
 
 runner = CliRunner()

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from communicator import InstanceInfo, Keys, Measurements, PlanStore, Registry
-from communicator._directory import Directory, Instance
+from communicator.router._directory import Directory, Instance
 from controller._admission import choose_stable
 from controller._engine import RolloutEngine
 from controller._keys import ControllerKeys

@@ -1,0 +1,12 @@
+"""The router: the communicator daemon that routes each message to an instance.
+
+``Router`` owns the MQTT loop; its collaborators (control messages, requests,
+mirroring, partition ownership) each get only what they use.
+"""
+
+from communicator.router._daemon import main as communicatord
+from communicator.router._daemon import run
+from communicator.router._router import Router, RouterConfig
+from communicator.router._shadow_compare import merge
+
+__all__ = ["Router", "RouterConfig", "communicatord", "merge", "run"]
