@@ -32,9 +32,9 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from communicator import InvalidationPolicy, OutcomeKind, Router, RouterConfig, Settings
-from controller._controller import Controller
-from controller._playbook import parse_playbook
-from controller._rollout import Phase, Rollout
+from controller.engine._controller import Controller
+from controller.engine._rollout import Phase, Rollout
+from controller.playbook._playbook import parse_playbook
 
 ROUNDS = 20
 ROLLOUTS = 50

@@ -1,5 +1,5 @@
 """``python -m controller`` is ``deployctl``."""
 
-from controller._cli import main
+from controller.cli._app import main
 
 main()

@@ -85,7 +85,7 @@ async def deployctl_json(*args: str, code: int = 0) -> Any:
     """
     from typer.testing import CliRunner
 
-    from controller._cli import app
+    from controller.cli._app import app
 
     result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--json"])
     assert result.exit_code == code, result.output

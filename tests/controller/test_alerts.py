@@ -14,15 +14,15 @@ from redis.asyncio.client import PubSub
 from typer.testing import CliRunner, Result
 
 from communicator import Keys, Registry
-from controller._alerts import (
+from controller.cli._app import app
+from controller.engine._alerts import (
     StatusFlagRaiser,
     passwords_flag_id,
     rollout_flag_id,
     version_flag_id,
 )
-from controller._cli import app
-from controller._keys import ControllerKeys
-from controller._rollout import Phase, Rollout, RolloutStore
+from controller.engine._keys import ControllerKeys
+from controller.engine._rollout import Phase, Rollout, RolloutStore
 from flags._keys import FlagKeys
 from flags._status import StatusFlag, StatusFlags
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import optimize, stats
 
-from controller._analysis import (
+from controller.analysis._analysis import (
     Alternative,
     VersionSample,
     _exact_counts,
@@ -21,7 +21,7 @@ from controller._analysis import (
     percentile,
     proportion_test,
 )
-from controller._criteria import AnalysisCriteria
+from controller.analysis._criteria import AnalysisCriteria
 
 ALTERNATIVES: list[Alternative] = ["greater", "less", "two-sided"]
 # Latencies as a service would report them: seconds, small integers of ms to force ties.

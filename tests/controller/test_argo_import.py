@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from communicator import DefinitionError
-from controller._argo import import_argo
-from controller._playbook import dump_playbook, parse_playbook
-from controller._playbook_steps import AnalysisStep, MirrorStep, PauseStep, SetWeightStep
+from controller.playbook._argo import import_argo
+from controller.playbook._playbook import dump_playbook, parse_playbook
+from controller.playbook._steps import AnalysisStep, MirrorStep, PauseStep, SetWeightStep
 
 DATA = Path(__file__).parent / "data"
 

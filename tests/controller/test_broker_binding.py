@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from communicator.backends import _mqtt_packets as packets
 from communicator.backends._link import MAX_PACKET_SIZE
-from controller._cli import app
+from controller.cli._app import app
 from tests.conftest import Server, answers, free_port
 from tests.controller.test_cli_broker import TIMEOUT, add_user, first_message
 

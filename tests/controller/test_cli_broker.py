@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from communicator.backends._link import MAX_PACKET_SIZE
-from controller._cli import app
+from controller.cli._app import app
 from tests.conftest import Server, answers, free_port
 
 TIMEOUT = 5.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from controller._cli import app
+from controller.cli._app import app
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

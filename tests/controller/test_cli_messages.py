@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from communicator import MessageDefinitions, __version__
 from communicator.wire._docs import render_definitions
-from controller._cli import app
+from controller.cli._app import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]

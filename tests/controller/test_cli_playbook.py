@@ -7,9 +7,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from controller._cli import app
-from controller._playbook import load_playbook, parse_playbook, shipped_playbooks
-from controller._playbook_steps import STEP_KINDS
+from controller.cli._app import app
+from controller.playbook._playbook import load_playbook, parse_playbook, shipped_playbooks
+from controller.playbook._steps import STEP_KINDS
 
 runner = CliRunner()
 DATA = Path(__file__).parent / "data"

@@ -28,8 +28,8 @@ from communicator import (
     Registry,
     parse_event,
 )
-from controller import _cli_services
-from controller._cli import app
+from controller.cli import _services as _cli_services
+from controller.cli._app import app
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Keys, Measurements, Settings, connect_redis
-from controller._controller import Controller
-from controller._keys import ControllerKeys
-from controller._playbook import parse_playbook
-from controller._rollout import Phase, start_rollout
+from controller.engine._controller import Controller
+from controller.engine._keys import ControllerKeys
+from controller.engine._rollout import Phase, start_rollout
+from controller.playbook._playbook import parse_playbook
 from tests.conftest import Server, answers, eventually, free_port, redis_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

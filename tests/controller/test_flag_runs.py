@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Keys, OutcomeKind, Registry, Settings
-from controller._controller import Controller
+from controller.engine._controller import Controller
 from flags import Flag, FlagKeys, FlagStore
 from tests.conftest import deployctl_json as cli
 from tests.conftest import eventually, finished

@@ -8,9 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from communicator import DefinitionError, InvalidationPolicy
-from controller import _playbook
-from controller._criteria import AnalysisCriteria
-from controller._playbook import (
+from controller.analysis._criteria import AnalysisCriteria
+from controller.playbook import _playbook
+from controller.playbook._fields import format_duration, placeholders_in
+from controller.playbook._playbook import (
     Playbook,
     RollbackPolicy,
     dump_playbook,
@@ -18,8 +19,7 @@ from controller._playbook import (
     parse_playbook,
     shipped_playbooks,
 )
-from controller._playbook_fields import format_duration, placeholders_in
-from controller._playbook_steps import (
+from controller.playbook._steps import (
     AnalysisStep,
     ExecStep,
     MirrorStep,

@@ -10,7 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller._playbook import (
+from controller.playbook._fields import PLACEHOLDERS
+from controller.playbook._playbook import (
     PLAYBOOK_NAME_RE,
     Playbook,
     RollbackPolicy,
@@ -19,8 +20,7 @@ from controller._playbook import (
     playbook_schema,
     shipped_playbooks,
 )
-from controller._playbook_fields import PLACEHOLDERS
-from controller._playbook_steps import (
+from controller.playbook._steps import (
     STEP_KINDS,
     AnalysisStep,
     ExecStep,

@@ -31,11 +31,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from communicator import InstanceInfo, Keys, Measurements, PlanStore, Registry
 from communicator.router._directory import Directory, Instance
-from controller._admission import choose_stable
-from controller._engine import RolloutEngine
-from controller._keys import ControllerKeys
-from controller._playbook import parse_playbook
-from controller._rollout import Phase, Rollout, RolloutError, RolloutStore, start_rollout
+from controller.engine._admission import choose_stable
+from controller.engine._engine import RolloutEngine
+from controller.engine._keys import ControllerKeys
+from controller.engine._rollout import Phase, Rollout, RolloutError, RolloutStore, start_rollout
+from controller.playbook._playbook import parse_playbook
 from strategies import CanaryStrategy, Fleet
 
 pytest.importorskip("lupa", reason="fakeredis needs its lua extra for EVALSHA")

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Keys, PlanStore, Registry, Settings
-from controller._keys import ControllerKeys
+from controller.engine._keys import ControllerKeys
 from tests.communicator.fleet import ROOT, ServiceProcess, environment
 from tests.conftest import eventually as wait_for
 

@@ -1,0 +1,225 @@
+"""``deployctl controller run``: one leader advances every rollout; the others stand by.
+
+Leadership is a Redis key with a TTL, renewed while the leader lives; a
+standby takes it when it lapses and resumes every rollout from its state in
+Redis. The leader advances each active rollout (and each flag rollout by
+steps) on a short tick, and at once when something happens to it (an
+operator request, or the communicator invalidating its canary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+
+from aiomqtt import MqttError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from communicator import Keys, Measurements, PlanStore, Registry, Settings, keep_trying
+from controller.engine._alerts import StatusFlagRaiser
+from controller.engine._engine import RolloutEngine
+from controller.engine._flag_runs import FlagRunEngine, FlagRunStore
+from controller.engine._keys import ControllerKeys
+from controller.engine._rollout import RolloutStore
+from flags import FlagKeys, FlagPublisher, FlagStore
+from strategies import CanaryStrategy, FlagRollout
+
+logger = logging.getLogger(__name__)
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Controller:
+    """One controller process: stands by, or leads and advances the rollouts."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        redis: Redis,
+        controller_id: str | None = None,
+        tick: float = 0.25,
+        lease_ttl: float = 3.0,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.id = (
+            controller_id
+            or f"controller-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.keys = ControllerKeys(settings.key_prefix)
+        communicator_keys = Keys(settings.key_prefix)
+        self._events_channel = communicator_keys.events()
+        registry = Registry(redis=redis, keys=communicator_keys)
+        measurements = Measurements(redis=redis, keys=communicator_keys)
+        self.store = RolloutStore(redis=redis, keys=self.keys)
+        self.engine = RolloutEngine(
+            store=self.store,
+            strategy=CanaryStrategy(
+                plans=PlanStore(redis=redis, keys=communicator_keys), registry=registry
+            ),
+            measurements=measurements,
+        )
+        self.flag_runs = FlagRunEngine(
+            store=FlagRunStore(redis=redis, keys=self.keys),
+            strategy=FlagRollout(
+                store=FlagStore(redis=redis, keys=FlagKeys(settings.key_prefix)),
+                registry=registry,
+                measurements=measurements,
+            ),
+        )
+        self.alerts = StatusFlagRaiser(redis=redis, key_prefix=settings.key_prefix)
+        self.flag_publisher = FlagPublisher(settings=settings, redis=redis)
+        self._tick = tick
+        self._ttl_ms = int(lease_ttl * 1000)
+        self._renew = redis.register_script(_RENEW)
+        self._wake = asyncio.Event()
+        self._urgent: set[str] = set()
+        self.leading = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (leadership is released)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Stand by or lead until stopped; Redis outages are waited out, never fatal."""
+        try:
+            await keep_trying(self._stand_by_or_lead, what=f"controller {self.id}", transient=_down)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                if self.leading.is_set():
+                    await self.redis.delete(self.keys.leader())
+            self.leading.clear()
+
+    async def _stand_by_or_lead(self) -> None:
+        standing_by = False
+        while not self._stopping.is_set():
+            if await self.redis.set(self.keys.leader(), self.id, nx=True, px=self._ttl_ms):
+                logger.info("controller %s leads", self.id)
+                standing_by = False
+                await self._lead()
+            elif not standing_by:
+                leader = await self.redis.get(self.keys.leader())
+                logger.info("controller %s stands by (leader: %s)", self.id, _text(leader))
+                standing_by = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._ttl_ms / 3000)
+
+    async def _lead(self) -> None:
+        self.leading.set()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                # Each loop waits out Redis and broker outages itself: one failing must
+                # not end the others, nor the lead.
+                loops = {
+                    "controller-listen": self._listen,
+                    "controller-advance": self._advance_loop,
+                    # Only the leader raises status flags, or each would be counted twice.
+                    "controller-status-flags": self.alerts.run,
+                    "controller-flags": self.flag_publisher.run,
+                }
+                running = [
+                    tasks.create_task(
+                        keep_trying(loop, what=f"controller {self.id}: {name}", transient=_down),
+                        name=name,
+                    )
+                    for name, loop in loops.items()
+                ]
+                await self._keep_leading()
+                for task in running:
+                    task.cancel()
+        finally:
+            self.leading.clear()
+
+    async def _keep_leading(self) -> None:
+        """Renew the lease until it is lost or we stop.
+
+        While Redis does not answer, renewal is retried until the lease would
+        have lapsed: a standby may lead from then on, so this one steps down.
+        """
+        renewed = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                kept = await self._renew(keys=[self.keys.leader()], args=[self.id, self._ttl_ms])
+            except (RedisError, OSError) as exc:
+                if time.monotonic() - renewed >= self._ttl_ms / 1000:
+                    logger.warning("controller %s steps down: Redis unavailable (%s)", self.id, exc)
+                    return
+                logger.warning("controller %s: cannot renew its lead yet (%s)", self.id, exc)
+                kept = True
+            else:
+                renewed = time.monotonic() if kept else renewed
+            if not kept:
+                logger.warning("controller %s lost the lead", self.id)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._ttl_ms / 3000)
+
+    async def _listen(self) -> None:
+        """Wake the engine on operator requests and on invalidations of a version."""
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(self.keys.wakeup(), self._events_channel)
+            self._wake.set()  # what was announced while we were not listening
+            async for item in pubsub.listen():
+                if item["type"] != "message":
+                    continue
+                data = _text(item["data"])
+                if _text(item["channel"]) == self._events_channel:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        self._urgent.add(json.loads(data)["service"])
+                else:
+                    self._urgent.add(data)
+                self._wake.set()
+
+    async def _advance_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._tick)
+            self._wake.clear()
+            urgent, self._urgent = self._urgent, set()
+            try:
+                await self.advance_all(first=urgent)
+                await self.flag_runs.advance_all()
+            except (RedisError, OSError) as exc:
+                logger.warning("cannot advance rollouts now: %s", exc)
+
+    async def advance_all(self, first: set[str] | None = None) -> None:
+        """Advance every active rollout (the services in ``first`` before the others)."""
+        rollouts = await self.store.all()
+        rollouts.sort(key=lambda r: r.service not in (first or set()))
+        for rollout in rollouts:
+            requests = await self.store.take_requests(rollout.service)
+            if not rollout.phase.active and not requests:
+                continue
+            started = time.monotonic()
+            try:
+                await self.engine.advance(rollout, requests)
+            except (RedisError, OSError):
+                raise
+            except Exception:  # one rollout's bug must not stop the others
+                logger.exception("failed to advance the rollout of %s", rollout.service)
+            logger.debug(
+                "advanced %s in %.1f ms", rollout.service, (time.monotonic() - started) * 1e3
+            )
+
+
+def _down(exc: BaseException) -> bool:
+    """Redis or the broker is away (worth waiting for), as opposed to a bug."""
+    return isinstance(exc, RedisError | OSError | MqttError)
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

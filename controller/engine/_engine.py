@@ -1,0 +1,559 @@
+"""The rollout engine: advance one rollout through its playbook's steps, or roll it back.
+
+Each call to :meth:`RolloutEngine.advance` looks at one rollout and does what
+is due now: operator requests, automatic rollback triggers (the communicator
+cut the canary off, an analysis failed, the progress deadline passed), then as
+many steps as can be done without waiting. Every change is recorded with its
+reason and evidence, so ``deployctl rollout history`` can say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from communicator import Measurements, OutcomeKind
+from controller.analysis._analysis import VersionSample, judge, percentile
+from controller.engine._rollout import Phase, Request, Rollout, RolloutStore
+from controller.playbook._playbook import Playbook
+from strategies import CanaryStrategy, Fleet
+
+logger = logging.getLogger(__name__)
+
+#: Output kept from an exec step, per stream.
+EXEC_OUTPUT_LIMIT = 4096
+_FAILURES = [kind.value for kind in OutcomeKind if kind is not OutcomeKind.SUCCESS]
+#: Reply times the canary needs within the failure window before max_latency_p99 may trip.
+LATENCY_MIN_SAMPLES = 50
+#: Seconds between two reads of a canary's reply times (an XRANGE of up to 20,000 entries).
+LATENCY_CHECK_EVERY = 1.0
+
+
+class RolloutEngine:
+    """Advances rollouts; owned by the leading controller.
+
+    Args:
+        store: Where rollouts and their history live.
+        strategy: Turns steps into route plans and policies.
+        measurements: Outcome totals and reply times, for analysis and latency limits.
+        clock: The time, in epoch seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: RolloutStore,
+        strategy: CanaryStrategy,
+        measurements: Measurements,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._strategy = strategy
+        self._measurements = measurements
+        self._clock = clock
+        self._execs: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._latency_checked: dict[str, float] = {}  # rollout id -> when
+        self._stable_missing: dict[str, bool] = {}  # rollout id -> last announced
+
+    async def advance(self, rollout: Rollout, requests: Sequence[Request] = ()) -> None:
+        """Do what is due for ``rollout`` now (answering every request), and save it."""
+        playbook = Playbook.model_validate(rollout.playbook)
+        now = self._clock()
+        later: list[Request] = []
+        for request in requests:
+            if request.action == "abort":
+                await self._on_abort(rollout, playbook, request)
+            elif request.action == "retry":
+                await self._on_retry(rollout, request)
+            elif request.action in ("promote", "promote_full"):
+                later.append(request)
+            else:
+                await self._refuse(rollout, request, f"unknown request {request.action!r}")
+        if rollout.phase is Phase.PENDING:
+            await self._start(rollout, playbook, now)
+        if rollout.phase.active and not await self._rolled_back(rollout, playbook, now):
+            for request in later:
+                await self._on_promote(rollout, playbook, request, now)
+            if rollout.phase.active and rollout.phase is not Phase.PAUSED:
+                await self._run_steps(rollout, playbook, now)
+            if rollout.phase.active:
+                await self._watch_stable(rollout)
+        else:
+            for request in later:
+                await self._refuse(rollout, request, f"the rollout has ended ({rollout.phase})")
+        await self._store.save(rollout)
+
+    # -- operator requests --------------------------------------------------------------------
+
+    async def _refuse(self, rollout: Rollout, request: Request, why: str) -> None:
+        await self._transition(
+            rollout,
+            rollout.phase,
+            f"{request.action} not done: {why}",
+            {"request": request.id, "refused": True},
+        )
+
+    async def _on_abort(self, rollout: Rollout, playbook: Playbook, request: Request) -> None:
+        if not rollout.phase.active:
+            await self._refuse(rollout, request, f"the rollout already ended ({rollout.phase})")
+            return
+        await self._abort(rollout, playbook, "aborted by an operator", {"request": request.id})
+
+    async def _on_retry(self, rollout: Rollout, request: Request) -> None:
+        if rollout.phase.active:
+            await self._refuse(rollout, request, f"the rollout is still {rollout.phase}")
+            return
+        await self._retry(rollout, request)
+
+    async def _on_promote(
+        self, rollout: Rollout, playbook: Playbook, request: Request, now: float
+    ) -> None:
+        """Skip the current step, whatever it is (as Argo's promote), or every step (--full)."""
+        total = len(playbook.steps)
+        evidence = {"request": request.id}
+        if rollout.step >= total:
+            await self._refuse(rollout, request, "every step is done; it is being promoted")
+            return
+        step = playbook.steps[rollout.step]
+        await self._end_step(rollout, step)
+        if request.action == "promote_full":
+            first = rollout.step + 1
+            rollout.step = total
+            rollout.step_started_at = rollout.progressed_at = now
+            rollout.step_data = _scratch(rollout)
+            await self._transition(
+                rollout,
+                Phase.PROGRESSING,
+                f"fully promoted by an operator: steps {first}-{total} skipped",
+                evidence,
+            )
+            return
+        skipped = rollout.step + 1
+        await self._next_step(rollout, now)
+        await self._transition(
+            rollout,
+            Phase.PROGRESSING,
+            f"promoted by an operator: step {skipped}/{total} ({step.kind}) skipped",
+            evidence,
+        )
+
+    async def _end_step(self, rollout: Rollout, step: Any) -> None:
+        """Undo what a step left running (an exec, a mirror) before leaving it early."""
+        task = self._execs.pop(rollout.id, None)
+        if task is not None:
+            task.cancel()
+        if step.kind == "mirror" and rollout.step_data.get("mirroring"):
+            await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+
+    async def _watch_stable(self, rollout: Rollout) -> None:
+        """Say so in history when the stable has no live instance (the canary takes its share)."""
+        if rollout.weight >= 100:
+            return
+        fleet = await self._strategy.fleet(rollout.service)
+        missing = rollout.stable not in fleet.live
+        if missing == self._stable_missing.get(rollout.id, False):
+            return
+        self._stable_missing[rollout.id] = missing
+        shares = {v: round(share * 100, 1) for v, share in fleet.shares.items()}
+        if missing:
+            await self._transition(
+                rollout,
+                rollout.phase,
+                f"the stable {rollout.stable} has no live instance: {rollout.canary} takes "
+                f"{shares.get(rollout.canary, 0):g}% of the traffic, not {rollout.weight}%; "
+                f"start instances of {rollout.stable}, or abort",
+                {"effective_weights": shares},
+            )
+        else:
+            await self._transition(
+                rollout,
+                rollout.phase,
+                f"the stable {rollout.stable} is live again: traffic follows the plan",
+                {"effective_weights": shares},
+            )
+
+    # -- phases -------------------------------------------------------------------------------
+
+    async def _start(self, rollout: Rollout, playbook: Playbook, now: float) -> None:
+        policy = playbook.rollback.to_invalidation_policy()
+        await self._strategy.protect(rollout.service, rollout.canary, policy)
+        # Until the first step says otherwise, the canary gets nothing, even if it is up already.
+        await self._strategy.set_weight(
+            rollout.service,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            weight=0,
+            sticky=playbook.sticky,
+            reason=f"rollout {rollout.id} starting",
+        )
+        rollout.started_at = rollout.step_started_at = rollout.progressed_at = now
+        self._stable_missing.pop(rollout.id, None)
+        await self._transition(
+            rollout,
+            Phase.PROGRESSING,
+            f"rollout of {rollout.canary} started (stable {rollout.stable}, playbook "
+            f"{playbook.name}); the communicator cuts the canary off at "
+            f"{policy.max_failure_rate:.0%} failures",
+            {"policy": policy.model_dump(mode="json")},
+        )
+
+    async def _rolled_back(self, rollout: Rollout, playbook: Playbook, now: float) -> bool:
+        """Check the automatic rollback triggers; roll back and say True if one fired."""
+        invalid, reason, evidence = await self._strategy.canary_invalid(
+            rollout.service, rollout.canary
+        )
+        if invalid:
+            await self._abort(
+                rollout,
+                playbook,
+                f"the communicator invalidated {rollout.canary}: {reason}",
+                {"invalidation": evidence},
+            )
+            return True
+        slow = await self._too_slow(rollout, playbook, now)
+        if slow is not None:
+            await self._abort(rollout, playbook, *slow)
+            return True
+        deadline = playbook.rollback.progress_deadline
+        if rollout.phase is not Phase.PAUSED and now - rollout.progressed_at > deadline:
+            await self._abort(
+                rollout,
+                playbook,
+                f"no progress for {now - rollout.progressed_at:.0f}s "
+                f"(progress deadline {deadline:g}s)",
+            )
+            return True
+        return False
+
+    async def _too_slow(
+        self, rollout: Rollout, playbook: Playbook, now: float
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The reason and evidence when the canary's p99 reply time is above the policy's limit."""
+        limit = playbook.rollback.max_latency_p99
+        if limit is None or now - self._latency_checked.get(rollout.id, 0.0) < LATENCY_CHECK_EVERY:
+            return None
+        self._latency_checked[rollout.id] = now
+        window = playbook.rollback.failure_window
+        since = max(now - window, rollout.started_at or rollout.created_at)
+        latencies = await self._measurements.latencies(rollout.service, rollout.canary, since=since)
+        if len(latencies) < LATENCY_MIN_SAMPLES:
+            return None
+        p99 = percentile(latencies, 0.99)
+        if p99 <= limit:
+            return None
+        evidence = {
+            "latency_p99": p99,
+            "max_latency_p99": limit,
+            "samples": len(latencies),
+            "window_seconds": now - since,
+        }
+        return (
+            f"canary p99 reply time {p99 * 1000:.0f} ms above the limit of {limit * 1000:.0f} ms "
+            f"({len(latencies)} replies in the last {now - since:.0f}s)",
+            {"latency": evidence},
+        )
+
+    async def _abort(
+        self,
+        rollout: Rollout,
+        playbook: Playbook,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        """Roll back: the canary's weight to 0, and invalidate it, unless production needs it.
+
+        A rollback never invalidates the version that served production when
+        the rollout started, nor one without which no valid version of the
+        service would have a live instance; it says so in the history instead.
+        """
+        await self._end_step(rollout, _NO_STEP)
+        self._latency_checked.pop(rollout.id, None)
+        self._stable_missing.pop(rollout.id, None)
+        await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+        fleet = await self._strategy.fleet(rollout.service)
+        keep = self._keep_valid(rollout, fleet)
+        invalidate = playbook.rollback.invalidate_version and keep is None
+        await self._strategy.rollback(
+            rollout.service,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            reason=reason,
+            invalidate=invalidate,
+            evidence=evidence,
+        )
+        if keep is not None and rollout.canary in fleet.barred:
+            # Cut off by the communicator, but nothing else can serve: serve on with it.
+            await self._strategy.reinstate(rollout.service, rollout.canary, keep)
+            reason = f"{reason}; {rollout.canary} reinstated: {keep}"
+        elif keep is not None and playbook.rollback.invalidate_version:
+            reason = f"{reason}; {rollout.canary} left valid: {keep}"
+        rollout.weight = 0
+        await self._transition(rollout, Phase.ABORTED, f"rolled back: {reason}", evidence)
+
+    @staticmethod
+    def _keep_valid(rollout: Rollout, fleet: Fleet) -> str | None:
+        """Why the canary must stay valid through a rollback, or None if it need not."""
+        service, canary = rollout.service, rollout.canary
+        if canary == rollout.stable:
+            return f"{canary} is also the stable version"
+        if rollout.origin_production == canary:
+            return f"{canary} served production when the rollout started"
+        if not fleet.serves_without(canary):
+            return (
+                f"no other valid version of {service} has a live instance; start instances of "
+                f"{rollout.stable}, then `deployctl version invalidate {service} {canary}`"
+            )
+        return None
+
+    async def _retry(self, rollout: Rollout, request: Request | None = None) -> None:
+        invalid, _, _ = await self._strategy.canary_invalid(rollout.service, rollout.canary)
+        if invalid:
+            await self._strategy.reinstate(rollout.service, rollout.canary, "rollout retried")
+        rollout.step, rollout.weight, rollout.step_data = 0, 0, _scratch(rollout)
+        rollout.retries += 1
+        await self._transition(
+            rollout,
+            Phase.PENDING,
+            f"retry #{rollout.retries} requested",
+            {"request": request.id} if request else None,
+        )
+
+    async def _promote(self, rollout: Rollout) -> None:
+        await self._transition(rollout, Phase.PROMOTING, "every step passed; promoting")
+        await self._strategy.promote(rollout.service, canary=rollout.canary)
+        rollout.weight = 100
+        await self._transition(
+            rollout, Phase.SUCCEEDED, f"{rollout.canary} promoted: it gets all traffic now"
+        )
+
+    # -- steps --------------------------------------------------------------------------------
+
+    async def _run_steps(self, rollout: Rollout, playbook: Playbook, now: float) -> None:
+        while rollout.phase.active and rollout.phase is not Phase.PAUSED:
+            if rollout.step >= len(playbook.steps):
+                await self._promote(rollout)
+                return
+            step = playbook.steps[rollout.step]
+            done: bool = await getattr(self, f"_step_{step.kind}")(rollout, playbook, step, now)
+            if not done:
+                return
+            await self._next_step(rollout, now)
+
+    async def _next_step(self, rollout: Rollout, now: float) -> None:
+        rollout.step += 1
+        rollout.step_started_at = rollout.progressed_at = now
+        rollout.step_data = _scratch(rollout)
+
+    async def _step_set_weight(
+        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
+    ) -> bool:
+        await self._strategy.set_weight(
+            rollout.service,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            weight=step.weight,
+            sticky=playbook.sticky,
+            reason=f"rollout {rollout.id} step {rollout.step + 1}",
+        )
+        rollout.weight = step.weight
+        await self._transition(rollout, rollout.phase, f"weight set to {step.weight}%")
+        return True
+
+    async def _step_pause(
+        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
+    ) -> bool:
+        if step.duration is None:
+            await self._transition(
+                rollout,
+                Phase.PAUSED,
+                f"paused until promoted: run `deployctl canary promote {rollout.service}`",
+            )
+            return False
+        if not rollout.step_data.get("announced"):
+            rollout.step_data["announced"] = True
+            await self._transition(rollout, rollout.phase, f"pausing {step.duration:g}s")
+        return bool(now - rollout.step_started_at >= step.duration)
+
+    async def _step_analysis(
+        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
+    ) -> bool:
+        criteria = step.criteria
+        data = rollout.step_data
+        if "since" not in data:
+            before_stable = await self._measurements.totals(rollout.service, rollout.stable)
+            before_canary = await self._measurements.totals(rollout.service, rollout.canary)
+            data.update(
+                since=before_canary.at,
+                stable=dict(before_stable.counts),
+                canary=dict(before_canary.counts),
+            )
+            await self._transition(
+                rollout, rollout.phase, f"analysis started: judging the next {criteria.window:g}s"
+            )
+            return False
+        if now - data["since"] < criteria.window:
+            return False
+        canary = await self._sample(rollout, rollout.canary, data["canary"], data["since"])
+        baseline = await self._sample(rollout, rollout.stable, data["stable"], data["since"])
+        verdict = judge(canary, baseline, criteria)
+        record = {
+            "step": rollout.step,
+            "outcome": verdict.outcome,
+            "reasons": verdict.reasons,
+            "evidence": verdict.evidence,
+        }
+        rollout.verdicts.append(record)
+        summary = "; ".join(verdict.reasons)
+        if verdict.outcome == "pass":
+            await self._transition(rollout, rollout.phase, f"analysis passed: {summary}", record)
+            return True
+        if verdict.outcome == "fail":
+            await self._abort(rollout, playbook, f"analysis failed: {summary}", record)
+            return False
+        action = playbook.rollback.on_inconclusive
+        if action == "abort":
+            await self._abort(rollout, playbook, f"analysis inconclusive: {summary}", record)
+            return False
+        if action == "pause":
+            await self._transition(
+                rollout,
+                Phase.PAUSED,
+                f"analysis inconclusive: {summary}; promote to go on, or abort",
+                record,
+            )
+            return False
+        await self._transition(
+            rollout, rollout.phase, f"analysis inconclusive, going on: {summary}", record
+        )
+        return True
+
+    async def _sample(
+        self, rollout: Rollout, version: str, before: dict[str, int], since: float
+    ) -> VersionSample:
+        totals = await self._measurements.totals(rollout.service, version)
+        delta = {kind: n - before.get(kind, 0) for kind, n in totals.counts.items()}
+        latencies = await self._measurements.latencies(rollout.service, version, since=since)
+        return VersionSample(
+            version=version,
+            successes=delta.get("success", 0),
+            failures=sum(delta.get(kind, 0) for kind in _FAILURES),
+            latencies=latencies,
+        )
+
+    async def _step_exec(self, rollout: Rollout, playbook: Playbook, step: Any, now: float) -> bool:
+        task = self._execs.get(rollout.id)
+        if task is None:
+            variables = self._variables(rollout, playbook)
+            command = step.render(variables)
+            task = asyncio.create_task(
+                _run(command, step.timeout, step.render_env(variables)), name=f"exec-{rollout.id}"
+            )
+            self._execs[rollout.id] = task
+            await self._transition(rollout, rollout.phase, f"running {' '.join(command)}")
+            return False
+        if not task.done():
+            return False
+        del self._execs[rollout.id]
+        result = task.result()
+        if result["returncode"] != 0:
+            await self._abort(rollout, playbook, f"exec failed: {result['error']}", result)
+            return False
+        await self._transition(rollout, rollout.phase, "exec succeeded", result)
+        return True
+
+    async def _step_mirror(
+        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
+    ) -> bool:
+        """Shadow the canary: copies of the traffic for ``duration``, its replies swallowed.
+
+        Its failures count against it like any other, so a bad canary can be
+        invalidated (and the rollout rolled back) before it serves anyone.
+        """
+        if not rollout.step_data.get("mirroring"):
+            await self._strategy.set_mirror(
+                rollout.service,
+                canary=rollout.canary,
+                percent=step.percent,
+                max_inflight=step.max_inflight,
+                compare=step.compare,
+            )
+            rollout.step_data["mirroring"] = True
+            await self._transition(
+                rollout,
+                rollout.phase,
+                f"mirroring {step.percent:g}% of the traffic to {rollout.canary} "
+                f"for {step.duration:g}s",
+            )
+            return False
+        if now - rollout.step_started_at < step.duration:
+            return False
+        await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+        await self._transition(rollout, rollout.phase, "shadow step ended")
+        return True
+
+    @staticmethod
+    def _variables(rollout: Rollout, playbook: Playbook) -> dict[str, str]:
+        return {
+            **playbook.variables,
+            "service": rollout.service,
+            "version": rollout.canary,
+            "stable": rollout.stable,
+            "weight": str(rollout.weight),
+            "rollout": rollout.id,
+        }
+
+    async def _transition(
+        self, rollout: Rollout, phase: Phase, reason: str, evidence: dict[str, Any] | None = None
+    ) -> None:
+        rollout.phase = phase
+        rollout.reason = reason
+        await self._store.record(rollout, reason, evidence)
+        logger.info("%s %s: %s: %s", rollout.service, rollout.canary, phase, reason)
+
+
+class _NoStep:
+    kind = "none"
+
+
+_NO_STEP = _NoStep()
+
+
+def _scratch(rollout: Rollout) -> dict[str, Any]:
+    """A fresh step scratch pad, keeping what the whole rollout needs (its origin)."""
+    return {k: v for k, v in rollout.step_data.items() if k == "origin"}
+
+
+async def _run(command: list[str], timeout: float, env: dict[str, str]) -> dict[str, Any]:
+    """Run an exec step's command (no shell) with a timeout; keep the tail of its output."""
+    started = time.monotonic()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **env},
+        )
+    except OSError as exc:
+        return {"returncode": -1, "error": f"cannot start {command[0]}: {exc}", "command": command}
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            await process.wait()
+        return {"returncode": -1, "error": f"timed out after {timeout:g}s", "command": command}
+    result: dict[str, Any] = {
+        "command": command,
+        "returncode": process.returncode,
+        "seconds": round(time.monotonic() - started, 3),
+        "stdout": stdout[-EXEC_OUTPUT_LIMIT:].decode(errors="replace"),
+        "stderr": stderr[-EXEC_OUTPUT_LIMIT:].decode(errors="replace"),
+    }
+    if process.returncode != 0:
+        result["error"] = f"{command[0]} exited with {process.returncode}"
+    return result
