@@ -5,21 +5,22 @@ from strategies._flag_rollout import (
     MIN_OUTCOMES,
     FlagRollout,
     FlagRolloutError,
-    FlagRolloutResult,
     ServiceReading,
     failure_rate,
     on_off_variants,
 )
 from strategies._fleet import Fleet, fleet_of
+from strategies._protocols import MetricSource, Strategy
 
 __all__ = [
     "MIN_OUTCOMES",
     "CanaryStrategy",
     "FlagRollout",
     "FlagRolloutError",
-    "FlagRolloutResult",
     "Fleet",
+    "MetricSource",
     "ServiceReading",
+    "Strategy",
     "failure_rate",
     "fleet_of",
     "on_off_variants",

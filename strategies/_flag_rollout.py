@@ -18,8 +18,10 @@ stops the test as setting a boolean flag back to false does. Every change goes
 through the flag store, so its history answers "why was this flag switched
 off?" with who and the measured rates.
 
-The rollout owns the flag's targeting while it runs: a rule the flag had is
-replaced. A change somebody else makes meanwhile (``deployctl flag set``, a
+The steps are driven by the controller's flag-run engine (``controller.engine``),
+which survives restarts: this module writes the percentages and judges each
+step. The rollout owns the flag's targeting while it runs: a rule the flag had
+is replaced. A change somebody else makes meanwhile (``deployctl flag set``, a
 manual switch-off) stops the rollout where it is, without overriding them.
 """
 
@@ -28,13 +30,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 from communicator import DeployctlError, Measurements, OutcomeKind, Registry
-from flags import Flag, FlagConflict, FlagState, FlagStore, StoredFlag
+from flags import Flag, FlagState, FlagStore, StoredFlag
 
 logger = logging.getLogger(__name__)
 
@@ -84,23 +85,6 @@ def failure_rate(counts: Mapping[str, int]) -> FailureRate:
     """The failure rate of outcome counts by kind: anything but a success is a failure."""
     outcomes = sum(max(0, n) for n in counts.values())
     return FailureRate(outcomes - max(0, counts.get(OutcomeKind.SUCCESS.value, 0)), outcomes)
-
-
-@dataclass(frozen=True, slots=True)
-class FlagRolloutResult:
-    """How a flag rollout ended.
-
-    Attributes:
-        key: The flag's key.
-        completed: Whether every step passed.
-        percentage: The last percentage the rollout set (0 after a switch-off).
-        reason: Why it ended so, in words.
-    """
-
-    key: str
-    completed: bool
-    percentage: int
-    reason: str
 
 
 def fractional_rule(on: str, off: str, percentage: int) -> dict[str, Any]:
@@ -271,47 +255,6 @@ class FlagRollout:
         at = max((reading.at for reading in totals), default=0.0)
         return ServiceReading(at, dict(counts))
 
-    async def check(
-        self,
-        key: str,
-        service: str,
-        *,
-        since: ServiceReading,
-        baseline_rate: float,
-        threshold: float,
-        who: str,
-        min_outcomes: int = MIN_OUTCOMES,
-        off: str | None = None,
-    ) -> bool:
-        """Judge the service's failure rate since ``since``; switch the flag off when failing.
-
-        Args:
-            key: The flag being rolled out.
-            service: The service whose outcomes tell whether the flag hurts.
-            since: The reading the step's outcomes are counted from.
-            baseline_rate: The failure rate before the rollout.
-            threshold: How far over the baseline the rate may go (0.05: 5 points).
-            who: Who switches the flag off, for the history.
-            min_outcomes: Fewer outcomes than this are inconclusive, and pass.
-            off: The "off" variant; by default a boolean flag's false variant.
-
-        Returns:
-            ``True`` when the step is healthy (or inconclusive), ``False`` when
-            the flag was switched off.
-        """
-        reason = await self.failing(
-            key,
-            service,
-            since=since,
-            baseline_rate=baseline_rate,
-            threshold=threshold,
-            min_outcomes=min_outcomes,
-        )
-        if reason is None:
-            return True
-        await self.switch_off(key, reason, who=who, off=off)
-        return False
-
     async def failing(
         self, key: str, service: str, *, since: ServiceReading, baseline_rate: float,
         threshold: float, min_outcomes: int = MIN_OUTCOMES,
@@ -333,100 +276,4 @@ class FlagRollout:
         return (
             f"failure rate of {service} {step.rate:.1%} ({step.failures}/{step.outcomes}) "
             f"is over the baseline {baseline_rate:.1%} + threshold {threshold:.1%}"
-        )
-
-    async def baseline(self, service: str, seconds: float) -> float:
-        """The service's failure rate over the next ``seconds`` (or since ever, when idle)."""
-        start = await self.reading(service)
-        if seconds > 0:
-            await asyncio.sleep(seconds)  # the observation window itself
-            rate = (await self.reading(service)).since(start).rate
-            if rate is not None:
-                return rate
-        return failure_rate(start.counts).rate or 0.0
-
-    async def run(
-        self,
-        key: str,
-        service: str,
-        steps: Sequence[int],
-        step_seconds: float,
-        threshold: float,
-        who: str,
-        *,
-        baseline_seconds: float = 0.0,
-        baseline_rate: float | None = None,
-        min_outcomes: int = MIN_OUTCOMES,
-        on: str | None = None,
-        off: str | None = None,
-        on_step: Callable[[int], Awaitable[None]] | None = None,
-    ) -> FlagRolloutResult:
-        """Roll the flag out step by step, switching it off at the first failing step.
-
-        Args:
-            key: The flag.
-            service: The service whose failure rate is watched.
-            steps: Increasing percentages, e.g. ``[5, 25, 50, 100]``.
-            step_seconds: How long each step is watched.
-            threshold: How far over the baseline the failure rate may go.
-            who: Who rolls out, for the history.
-            baseline_seconds: The window before the rollout the baseline rate is
-                measured over (0: the service's rate since its versions were first seen).
-            baseline_rate: The baseline, when known; no window is then watched.
-            min_outcomes: Outcomes a step needs to be judged.
-            on: The "on" variant; by default a boolean flag's true variant.
-            off: The "off" variant; by default a boolean flag's false variant.
-            on_step: Awaited after each percentage is written, before it is watched.
-
-        Returns:
-            How the rollout ended.
-
-        Raises:
-            ValueError: The steps are not increasing percentages.
-            FlagRolloutError: No such flag, or its variants do not fit.
-        """
-        for percentage in steps:
-            _check_percentage(percentage)
-        if not steps or any(p >= q for p, q in pairwise(steps)):
-            raise ValueError(f"steps {list(steps)} must be increasing percentages (0-100)")
-        on, off = on_off_variants((await self._get(key)).flag, on, off)
-        if baseline_rate is None:
-            baseline_rate = await self.baseline(service, baseline_seconds)
-        logger.info(
-            "flag %s: rolling out in steps %s, baseline failure rate of %s %.1f%%",
-            key, list(steps), service, baseline_rate * 100, extra={"flag": key},
-        )  # fmt: skip
-        revision: int | None = None
-        reached = 0
-        for percentage in steps:
-            why = f"flag rollout: step {percentage}% of {list(steps)}"
-            try:
-                stored = await self.set_percentage(
-                    key, percentage, who=who, why=why, on=on, off=off, revision=revision
-                )
-            except FlagConflict:
-                reason = (
-                    "someone else changed the flag during the rollout: stopped, flag left as is"
-                )
-                logger.warning("flag %s: %s", key, reason, extra={"flag": key})
-                return FlagRolloutResult(key, completed=False, percentage=reached, reason=reason)
-            revision, reached = stored.revision, percentage
-            since = await self.reading(service)
-            if on_step is not None:
-                await on_step(percentage)
-            await asyncio.sleep(step_seconds)  # the step's observation window
-            failing = await self.failing(
-                key,
-                service,
-                since=since,
-                baseline_rate=baseline_rate,
-                threshold=threshold,
-                min_outcomes=min_outcomes,
-            )
-            if failing is not None:
-                failing = f"{failing} at {percentage}%"
-                await self.switch_off(key, failing, who=who, off=off)
-                return FlagRolloutResult(key, completed=False, percentage=0, reason=failing)
-        return FlagRolloutResult(
-            key, completed=True, percentage=steps[-1], reason=f"every step passed: {list(steps)}"
         )

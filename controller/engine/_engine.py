@@ -9,25 +9,20 @@ reason and evidence, so ``deployctl rollout history`` can say why.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from communicator import Measurements, OutcomeKind
-from controller.analysis._analysis import VersionSample, judge, percentile
+from controller.analysis._analysis import percentile
 from controller.engine._rollout import Phase, Request, Rollout, RolloutStore
+from controller.engine._steps import StepRunner
 from controller.playbook._playbook import Playbook
-from strategies import CanaryStrategy, Fleet
+from controller.playbook._steps import Step
+from strategies import Fleet, MetricSource, Strategy
 
 logger = logging.getLogger(__name__)
 
-#: Output kept from an exec step, per stream.
-EXEC_OUTPUT_LIMIT = 4096
-_FAILURES = [kind.value for kind in OutcomeKind if kind is not OutcomeKind.SUCCESS]
 #: Reply times the canary needs within the failure window before max_latency_p99 may trip.
 LATENCY_MIN_SAMPLES = 50
 #: Seconds between two reads of a canary's reply times (an XRANGE of up to 20,000 entries).
@@ -48,15 +43,20 @@ class RolloutEngine:
         self,
         *,
         store: RolloutStore,
-        strategy: CanaryStrategy,
-        measurements: Measurements,
+        strategy: Strategy,
+        measurements: MetricSource,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._strategy = strategy
         self._measurements = measurements
         self._clock = clock
-        self._execs: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._steps = StepRunner(
+            strategy=strategy,
+            measurements=measurements,
+            transition=self._transition,
+            abort=self._abort,
+        )
         self._latency_checked: dict[str, float] = {}  # rollout id -> when
         self._stable_missing: dict[str, bool] = {}  # rollout id -> last announced
 
@@ -142,13 +142,9 @@ class RolloutEngine:
             evidence,
         )
 
-    async def _end_step(self, rollout: Rollout, step: Any) -> None:
+    async def _end_step(self, rollout: Rollout, step: Step | None) -> None:
         """Undo what a step left running (an exec, a mirror) before leaving it early."""
-        task = self._execs.pop(rollout.id, None)
-        if task is not None:
-            task.cancel()
-        if step.kind == "mirror" and rollout.step_data.get("mirroring"):
-            await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+        await self._steps.leave(rollout, step)
 
     async def _watch_stable(self, rollout: Rollout) -> None:
         """Say so in history when the stable has no live instance (the canary takes its share)."""
@@ -271,7 +267,7 @@ class RolloutEngine:
         the rollout started, nor one without which no valid version of the
         service would have a live instance; it says so in the history instead.
         """
-        await self._end_step(rollout, _NO_STEP)
+        await self._end_step(rollout, None)
         self._latency_checked.pop(rollout.id, None)
         self._stable_missing.pop(rollout.id, None)
         await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
@@ -339,8 +335,7 @@ class RolloutEngine:
                 await self._promote(rollout)
                 return
             step = playbook.steps[rollout.step]
-            done: bool = await getattr(self, f"_step_{step.kind}")(rollout, playbook, step, now)
-            if not done:
+            if not await self._steps.run(rollout, playbook, step, now):
                 return
             await self._next_step(rollout, now)
 
@@ -348,164 +343,6 @@ class RolloutEngine:
         rollout.step += 1
         rollout.step_started_at = rollout.progressed_at = now
         rollout.step_data = _scratch(rollout)
-
-    async def _step_set_weight(
-        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
-    ) -> bool:
-        await self._strategy.set_weight(
-            rollout.service,
-            stable=rollout.stable,
-            canary=rollout.canary,
-            weight=step.weight,
-            sticky=playbook.sticky,
-            reason=f"rollout {rollout.id} step {rollout.step + 1}",
-        )
-        rollout.weight = step.weight
-        await self._transition(rollout, rollout.phase, f"weight set to {step.weight}%")
-        return True
-
-    async def _step_pause(
-        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
-    ) -> bool:
-        if step.duration is None:
-            await self._transition(
-                rollout,
-                Phase.PAUSED,
-                f"paused until promoted: run `deployctl canary promote {rollout.service}`",
-            )
-            return False
-        if not rollout.step_data.get("announced"):
-            rollout.step_data["announced"] = True
-            await self._transition(rollout, rollout.phase, f"pausing {step.duration:g}s")
-        return bool(now - rollout.step_started_at >= step.duration)
-
-    async def _step_analysis(
-        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
-    ) -> bool:
-        criteria = step.criteria
-        data = rollout.step_data
-        if "since" not in data:
-            before_stable = await self._measurements.totals(rollout.service, rollout.stable)
-            before_canary = await self._measurements.totals(rollout.service, rollout.canary)
-            data.update(
-                since=before_canary.at,
-                stable=dict(before_stable.counts),
-                canary=dict(before_canary.counts),
-            )
-            await self._transition(
-                rollout, rollout.phase, f"analysis started: judging the next {criteria.window:g}s"
-            )
-            return False
-        if now - data["since"] < criteria.window:
-            return False
-        canary = await self._sample(rollout, rollout.canary, data["canary"], data["since"])
-        baseline = await self._sample(rollout, rollout.stable, data["stable"], data["since"])
-        verdict = judge(canary, baseline, criteria)
-        record = {
-            "step": rollout.step,
-            "outcome": verdict.outcome,
-            "reasons": verdict.reasons,
-            "evidence": verdict.evidence,
-        }
-        rollout.verdicts.append(record)
-        summary = "; ".join(verdict.reasons)
-        if verdict.outcome == "pass":
-            await self._transition(rollout, rollout.phase, f"analysis passed: {summary}", record)
-            return True
-        if verdict.outcome == "fail":
-            await self._abort(rollout, playbook, f"analysis failed: {summary}", record)
-            return False
-        action = playbook.rollback.on_inconclusive
-        if action == "abort":
-            await self._abort(rollout, playbook, f"analysis inconclusive: {summary}", record)
-            return False
-        if action == "pause":
-            await self._transition(
-                rollout,
-                Phase.PAUSED,
-                f"analysis inconclusive: {summary}; promote to go on, or abort",
-                record,
-            )
-            return False
-        await self._transition(
-            rollout, rollout.phase, f"analysis inconclusive, going on: {summary}", record
-        )
-        return True
-
-    async def _sample(
-        self, rollout: Rollout, version: str, before: dict[str, int], since: float
-    ) -> VersionSample:
-        totals = await self._measurements.totals(rollout.service, version)
-        delta = {kind: n - before.get(kind, 0) for kind, n in totals.counts.items()}
-        latencies = await self._measurements.latencies(rollout.service, version, since=since)
-        return VersionSample(
-            version=version,
-            successes=delta.get("success", 0),
-            failures=sum(delta.get(kind, 0) for kind in _FAILURES),
-            latencies=latencies,
-        )
-
-    async def _step_exec(self, rollout: Rollout, playbook: Playbook, step: Any, now: float) -> bool:
-        task = self._execs.get(rollout.id)
-        if task is None:
-            variables = self._variables(rollout, playbook)
-            command = step.render(variables)
-            task = asyncio.create_task(
-                _run(command, step.timeout, step.render_env(variables)), name=f"exec-{rollout.id}"
-            )
-            self._execs[rollout.id] = task
-            await self._transition(rollout, rollout.phase, f"running {' '.join(command)}")
-            return False
-        if not task.done():
-            return False
-        del self._execs[rollout.id]
-        result = task.result()
-        if result["returncode"] != 0:
-            await self._abort(rollout, playbook, f"exec failed: {result['error']}", result)
-            return False
-        await self._transition(rollout, rollout.phase, "exec succeeded", result)
-        return True
-
-    async def _step_mirror(
-        self, rollout: Rollout, playbook: Playbook, step: Any, now: float
-    ) -> bool:
-        """Shadow the canary: copies of the traffic for ``duration``, its replies swallowed.
-
-        Its failures count against it like any other, so a bad canary can be
-        invalidated (and the rollout rolled back) before it serves anyone.
-        """
-        if not rollout.step_data.get("mirroring"):
-            await self._strategy.set_mirror(
-                rollout.service,
-                canary=rollout.canary,
-                percent=step.percent,
-                max_inflight=step.max_inflight,
-                compare=step.compare,
-            )
-            rollout.step_data["mirroring"] = True
-            await self._transition(
-                rollout,
-                rollout.phase,
-                f"mirroring {step.percent:g}% of the traffic to {rollout.canary} "
-                f"for {step.duration:g}s",
-            )
-            return False
-        if now - rollout.step_started_at < step.duration:
-            return False
-        await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
-        await self._transition(rollout, rollout.phase, "shadow step ended")
-        return True
-
-    @staticmethod
-    def _variables(rollout: Rollout, playbook: Playbook) -> dict[str, str]:
-        return {
-            **playbook.variables,
-            "service": rollout.service,
-            "version": rollout.canary,
-            "stable": rollout.stable,
-            "weight": str(rollout.weight),
-            "rollout": rollout.id,
-        }
 
     async def _transition(
         self, rollout: Rollout, phase: Phase, reason: str, evidence: dict[str, Any] | None = None
@@ -516,44 +353,6 @@ class RolloutEngine:
         logger.info("%s %s: %s: %s", rollout.service, rollout.canary, phase, reason)
 
 
-class _NoStep:
-    kind = "none"
-
-
-_NO_STEP = _NoStep()
-
-
 def _scratch(rollout: Rollout) -> dict[str, Any]:
     """A fresh step scratch pad, keeping what the whole rollout needs (its origin)."""
     return {k: v for k, v in rollout.step_data.items() if k == "origin"}
-
-
-async def _run(command: list[str], timeout: float, env: dict[str, str]) -> dict[str, Any]:
-    """Run an exec step's command (no shell) with a timeout; keep the tail of its output."""
-    started = time.monotonic()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **env},
-        )
-    except OSError as exc:
-        return {"returncode": -1, "error": f"cannot start {command[0]}: {exc}", "command": command}
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        with contextlib.suppress(ProcessLookupError):
-            await process.wait()
-        return {"returncode": -1, "error": f"timed out after {timeout:g}s", "command": command}
-    result: dict[str, Any] = {
-        "command": command,
-        "returncode": process.returncode,
-        "seconds": round(time.monotonic() - started, 3),
-        "stdout": stdout[-EXEC_OUTPUT_LIMIT:].decode(errors="replace"),
-        "stderr": stderr[-EXEC_OUTPUT_LIMIT:].decode(errors="replace"),
-    }
-    if process.returncode != 0:
-        result["error"] = f"{command[0]} exited with {process.returncode}"
-    return result

@@ -1,18 +1,19 @@
-"""The flag rollout strategy, on the real Redis: percentages, failure watch, switch-off."""
+"""The flag rollout strategy, on the real Redis: percentages and switch-off.
+
+The runs themselves (steps, failure watch, stops) are tested on the engine that
+drives them: tests/controller/test_flag_run_engine.py.
+"""
 
 from __future__ import annotations
-
-import functools
 
 import pytest
 from redis.asyncio import Redis
 
-from communicator import Keys, Measurements, OutcomeKind, Registry
+from communicator import Keys, Measurements, Registry
 from flags import Flag, FlagKeys, FlagState, FlagStore, evaluate
-from strategies import FlagRollout, FlagRolloutError, FlagRolloutResult
+from strategies import FlagRollout, FlagRolloutError
 
 SERVICE = "checkout"
-VERSION = "1.4.0"
 KEY = "new-checkout"
 WHO = "rollout-bot"
 
@@ -50,13 +51,6 @@ async def rollout(
     await store.put(checkout_flag(), who="test", why="created for the test")
     measurements = Measurements(redis=redis, keys=Keys(prefix=key_prefix))
     return FlagRollout(store=store, registry=registry, measurements=measurements)
-
-
-async def record(registry: Registry, *, successes: int, failures: int) -> None:
-    """Record outcomes of the checkout service's version."""
-    await registry.record_successes({(SERVICE, VERSION): successes})
-    if failures:
-        await registry.record_outcome(SERVICE, VERSION, OutcomeKind.ERROR_REPLY, count=failures)
 
 
 def share_on(flag: Flag, users: int = 1000) -> float:
@@ -98,13 +92,11 @@ async def test_full_and_zero_percent_need_no_rule(rollout: FlagRollout) -> None:
 
 
 async def test_bad_percentage_and_missing_flag_are_refused(rollout: FlagRollout) -> None:
-    """Percentages outside 0-100, unknown flags and non-increasing steps raise."""
+    """Percentages outside 0-100 and unknown flags raise."""
     with pytest.raises(ValueError, match="percentage"):
         await rollout.set_percentage(KEY, 101, who=WHO)
     with pytest.raises(FlagRolloutError, match="no flag"):
         await rollout.set_percentage("no-such-flag", 10, who=WHO)
-    with pytest.raises(ValueError, match="increasing"):
-        await rollout.run(KEY, SERVICE, [50, 20], step_seconds=0, threshold=0.05, who=WHO)
 
 
 async def test_multi_variant_flag_needs_its_on_and_off_named(
@@ -132,104 +124,3 @@ async def test_switch_off_serves_off_and_records_why(
     assert share_on(stored.flag) == 0
     last = (await store.history(KEY))[-1]
     assert (last.who, last.why) == ("alice", "switched off: orders failing")
-
-
-async def test_check_passes_a_healthy_step_and_switches_off_a_failing_one(
-    rollout: FlagRollout, registry: Registry, store: FlagStore
-) -> None:
-    """The step's failure rate, from totals deltas, is judged against baseline + threshold."""
-    await record(registry, successes=1000, failures=500)  # history before: not this step's
-    await rollout.set_percentage(KEY, 10, who=WHO)
-    since = await rollout.reading(SERVICE)
-    await record(registry, successes=98, failures=2)
-    judge = functools.partial(
-        rollout.check, KEY, SERVICE, baseline_rate=0.01, threshold=0.05, who=WHO
-    )
-    assert await judge(since=since)
-    since = await rollout.reading(SERVICE)
-    await record(registry, successes=80, failures=20)
-    assert not await judge(since=since)
-    current = await store.get(KEY)
-    assert current is not None
-    assert (current.flag.targeting, current.flag.default_variant) == (None, "off")
-    why = (await store.history(KEY))[-1].why
-    assert "failure rate of checkout 20.0% (20/100)" in why
-
-
-async def test_too_few_outcomes_are_inconclusive(
-    rollout: FlagRollout, registry: Registry, store: FlagStore
-) -> None:
-    """A step with fewer outcomes than the minimum passes without judging the rate."""
-    await rollout.set_percentage(KEY, 10, who=WHO)
-    since = await rollout.reading(SERVICE)
-    await record(registry, successes=1, failures=4)
-    assert await rollout.check(KEY, SERVICE, since=since, baseline_rate=0, threshold=0.05, who=WHO)
-    current = await store.get(KEY)
-    assert current is not None
-    assert current.flag.targeting is not None
-
-
-async def test_healthy_rollout_reaches_100_percent(
-    rollout: FlagRollout, registry: Registry, store: FlagStore
-) -> None:
-    """With the failure rate at its baseline, every step passes and the flag ends fully on."""
-    await record(registry, successes=980, failures=20)  # a 2 % baseline
-
-    async def traffic(percentage: int) -> None:
-        await record(registry, successes=196, failures=4)
-
-    result = await rollout.run(
-        KEY, SERVICE, [10, 50, 100], step_seconds=0, threshold=0.05, who=WHO, on_step=traffic
-    )
-    assert result == FlagRolloutResult(KEY, True, 100, "every step passed: [10, 50, 100]")
-    current = await store.get(KEY)
-    assert current is not None
-    assert (current.flag.targeting, current.flag.default_variant) == (None, "on")
-    steps = [change.why for change in await store.history(KEY)][1:]
-    assert steps == [f"flag rollout: step {p}% of [10, 50, 100]" for p in (10, 50, 100)]
-
-
-async def test_rising_failures_switch_the_flag_off_with_the_reason(
-    rollout: FlagRollout, registry: Registry, store: FlagStore
-) -> None:
-    """Failures rising during the 50 % step switch the flag off; the history says why."""
-    await record(registry, successes=990, failures=10)  # a 1 % baseline
-    seen: list[int] = []
-
-    async def traffic(percentage: int) -> None:
-        seen.append(percentage)
-        failures = 40 if percentage >= 50 else 1
-        await record(registry, successes=100 - failures, failures=failures)
-
-    result = await rollout.run(
-        KEY, SERVICE, [10, 50, 100], step_seconds=0, threshold=0.05, who=WHO, on_step=traffic
-    )
-    assert seen == [10, 50]
-    assert not result.completed
-    assert result.percentage == 0
-    assert "40.0% (40/100)" in result.reason
-    assert result.reason.endswith("at 50%")
-    current = await store.get(KEY)
-    assert current is not None
-    assert (current.flag.targeting, current.flag.default_variant) == (None, "off")
-    last = (await store.history(KEY))[-1]
-    assert (last.who, last.why) == (WHO, f"switched off: {result.reason}")
-
-
-async def test_someone_elses_change_stops_the_rollout(
-    rollout: FlagRollout, registry: Registry, store: FlagStore
-) -> None:
-    """A change made by someone else mid-rollout stops it, leaving their flag alone."""
-    await record(registry, successes=100, failures=0)
-
-    async def operator_steps_in(percentage: int) -> None:
-        await record(registry, successes=100, failures=0)
-        if percentage == 10:
-            await store.update(KEY, lambda f: f.model_copy(update={"targeting": None}), who="bob")
-
-    result = await rollout.run(
-        KEY, SERVICE, [10, 50], step_seconds=0, threshold=0.05, who=WHO, on_step=operator_steps_in
-    )
-    assert (result.completed, result.percentage) == (False, 10)
-    assert "someone else" in result.reason
-    assert (await store.history(KEY))[-1].who == "bob"
