@@ -21,10 +21,9 @@ from typing import Any, Self
 
 from amqtt.broker import Broker
 from amqtt.errors import BrokerError, PluginError
-from pwdlib import PasswordHash
-from pwdlib.hashers.argon2 import Argon2Hasher
 
 from communicator._errors import BackendError, ConfigError
+from communicator.backends._hashing import password_hash
 from communicator.backends._settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,17 +32,14 @@ _FILE_AUTH = "amqtt.plugins.authentication.FileAuthPlugin"
 _ANONYMOUS_AUTH = "amqtt.plugins.authentication.AnonymousAuthPlugin"
 # What amqtt's FileAuthPlugin verifies (with pwdlib): argon2, or legacy sha512-crypt.
 _HASH_PREFIXES = ("$argon2", "$6$")
-# amqtt verifies a password on its event loop, which is ours: with argon2-cffi's
-# defaults (64 MiB, 3 passes) each login would stall everything for ~0.1 s. OWASP's
-# minimum for argon2id (19 MiB, 2 passes, 1 lane) costs a fifth of that.
-_ARGON2_MEMORY_KIB, _ARGON2_PASSES, _ARGON2_LANES = 19 * 1024, 2, 1
 
 
 def write_password_file(path: Path, users: Mapping[str, str]) -> None:
     """Write an amqtt password file: one ``user:argon2-hash`` line per user.
 
-    The file is replaced atomically and readable by its owner only. Hashing is
-    deliberately slow (tens of ms per user): from async code, call it through
+    The file is replaced atomically and readable by its owner only. Hashing
+    (argon2id at the shared cost, ``_hashing.ARGON2_COST``) is deliberately
+    slow, about 25 ms per user: from async code, call it through
     ``asyncio.to_thread``.
 
     Args:
@@ -56,7 +52,9 @@ def write_password_file(path: Path, users: Mapping[str, str]) -> None:
     """
     if not users:
         raise ConfigError("a password file needs at least one user: nobody could log in")
-    hasher = PasswordHash((Argon2Hasher(_ARGON2_PASSES, _ARGON2_MEMORY_KIB, _ARGON2_LANES),))
+    # amqtt verifies a login on its event loop, which is ours: the shared cost is
+    # kept low for it (about 25 ms a login), see communicator.backends._hashing.
+    hasher = password_hash()
     lines = []
     for user, password in users.items():
         if not user or ":" in user or user.startswith("#") or any(c.isspace() for c in user):

@@ -1,9 +1,16 @@
-"""Service passwords: scrypt hashes in Redis, constant-time checks, throttled guessing.
+"""Service passwords: argon2 hashes in Redis, constant-time checks, throttled guessing.
 
-A service's password is stored only as a self-describing scrypt hash
-(``scrypt$n=16384,r=8,p=1$<salt>$<key>``, base64 without padding), so its cost
-can rise later without breaking stored hashes. Hashing takes tens of
-milliseconds on purpose: it runs in a thread, never on the event loop.
+A service's password is stored only as a self-describing hash of pwdlib's
+argon2id (``$argon2id$v=19$m=19456,t=2,p=1$<salt>$<digest>``), the project's
+one scheme (``communicator.backends._hashing``; the embedded broker's password
+file uses it too), so its cost can rise later without breaking stored hashes.
+Hashing takes about 25 ms on purpose: it runs in a thread, never on the event
+loop.
+
+Hashes of the former scheme, scrypt (``scrypt$n=16384,r=8,p=1$<salt>$<key>``,
+base64 without padding), still verify, and the first successful check replaces
+one with an argon2 hash, unless the password changed meanwhile (WATCH). Nothing
+creates scrypt hashes any more.
 
 Bad passwords are counted per source and per service in a window; past a limit
 the source (or the whole service) is throttled for a while, every check then
@@ -16,64 +23,41 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import functools
 import hashlib
 import hmac
-import os
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pwdlib import PasswordHash
+from pwdlib.exceptions import UnknownHashError
+from pwdlib.hashers import HasherProtocol
+from pwdlib.hashers.base import ensure_bytes, ensure_str, validate_str_or_bytes
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from communicator._errors import RegistryError
+from communicator.backends._hashing import (
+    ARGON2_COST,
+    MAX_MEMORY_KIB,
+    Argon2Cost,
+    UnreadableHashError,
+    password_hash,
+)
 from communicator.backends._keys import Keys
 from communicator.registry._lua import Scripts
 from communicator.registry._outcomes import check_names
 
-#: scrypt cost: n=2**14, r=8 takes 16 MiB and about 40 ms on one core (2026 VMs).
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-_SALT_BYTES = 16
-_KEY_BYTES = 32
-_SCHEME = "scrypt"
-#: A stored hash asking for more memory than this is refused, not computed.
-_MAX_MEMORY = 256 * 1024 * 1024
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode().rstrip("=")
+_SCRYPT_PREFIX = "scrypt$"
 
 
 def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
-def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_MAX_MEMORY, dklen=_KEY_BYTES
-    )
-
-
-def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
-    """Hash a password with scrypt and a random salt, as ``scrypt$n=..,r=..,p=..$salt$key``.
-
-    CPU-heavy (about 40 ms with the default cost): in async code, call it in a
-    thread (``asyncio.to_thread``).
-
-    Raises:
-        RegistryError: The password is empty.
-    """
-    if not password:
-        raise RegistryError("a password cannot be empty: choose one of 16 characters or more")
-    salt = os.urandom(_SALT_BYTES)
-    key = _derive(password, salt, n, r, p)
-    return f"{_SCHEME}$n={n},r={r},p={p}${_b64(salt)}${_b64(key)}"
-
-
-def _parse(stored: str) -> tuple[int, int, int, bytes, bytes]:
-    scheme, params, salt_text, key_text = stored.split("$")
-    if scheme != _SCHEME:
-        raise ValueError(f"scheme {scheme!r} is not {_SCHEME!r}")
+def _parse_scrypt(stored: str) -> tuple[int, int, int, bytes, bytes]:
+    _, params, salt_text, key_text = stored.split("$")
     cost = dict(item.split("=", 1) for item in params.split(","))
     key = _unb64(key_text)
     if not key:
@@ -81,8 +65,83 @@ def _parse(stored: str) -> tuple[int, int, int, bytes, bytes]:
     return int(cost["n"]), int(cost["r"]), int(cost["p"]), _unb64(salt_text), key
 
 
+class LegacyScryptHasher(HasherProtocol):
+    """A pwdlib hasher that verifies the former ``scrypt$n=..,r=..,p=..$salt$key`` hashes.
+
+    It creates none: behind the argon2 hasher in a :class:`pwdlib.PasswordHash`,
+    its hashes still verify and ``verify_and_update`` replaces them with argon2.
+    """
+
+    @classmethod
+    def identify(cls, hash: str | bytes) -> bool:
+        """Whether ``hash`` is of the scrypt scheme (readable or not)."""
+        validate_str_or_bytes(hash, "hash")
+        return ensure_bytes(hash).startswith(_SCRYPT_PREFIX.encode())
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        """Refuse: nothing creates scrypt hashes any more.
+
+        Raises:
+            NotImplementedError: Always.
+        """
+        raise NotImplementedError("scrypt hashes are only verified now: hash with argon2")
+
+    def verify(self, password: str | bytes, hash: str | bytes) -> bool:
+        """Whether ``password`` matches ``hash``, compared in constant time.
+
+        Raises:
+            UnreadableHashError: ``hash`` is corrupt or asks for too much memory.
+        """
+        secret = ensure_bytes(password)
+        try:
+            n, r, p, salt, key = _parse_scrypt(ensure_str(hash))
+            computed = hashlib.scrypt(
+                secret,
+                salt=salt,
+                n=n,
+                r=r,
+                p=p,
+                maxmem=MAX_MEMORY_KIB * 1024,
+                dklen=len(key),
+            )
+        except (ValueError, KeyError, binascii.Error) as exc:
+            raise UnreadableHashError(str(exc)) from exc
+        return hmac.compare_digest(computed, key)
+
+    def check_needs_rehash(self, hash: str | bytes) -> bool:
+        """Always: every scrypt hash is to be replaced."""
+        return True
+
+
+@functools.cache
+def _hasher(cost: Argon2Cost) -> PasswordHash:
+    return password_hash(LegacyScryptHasher(), cost=cost)
+
+
+def _unreadable(exc: Exception) -> RegistryError:
+    return RegistryError(f"stored password hash is unreadable ({exc}); set the password again")
+
+
+def hash_password(password: str, *, cost: Argon2Cost = ARGON2_COST) -> str:
+    """Hash a password with argon2id and a random salt, as ``$argon2id$v=19$m=..,t=..,p=..$..``.
+
+    CPU-heavy (about 25 ms with the default cost): in async code, call it in a
+    thread (``asyncio.to_thread``).
+
+    Args:
+        password: The password.
+        cost: The hash's cost; the default is shared with the broker's password file.
+
+    Raises:
+        RegistryError: The password is empty.
+    """
+    if not password:
+        raise RegistryError("a password cannot be empty: choose one of 16 characters or more")
+    return _hasher(cost).hash(password)
+
+
 def verify_password(password: str, stored: str) -> bool:
-    """Whether ``password`` matches a hash from :func:`hash_password`, compared in constant time.
+    """Whether ``password`` matches a stored hash (argon2, or legacy scrypt), in constant time.
 
     CPU-heavy, as :func:`hash_password`.
 
@@ -90,15 +149,17 @@ def verify_password(password: str, stored: str) -> bool:
         RegistryError: ``stored`` is not such a hash.
     """
     try:
-        n, r, p, salt, key = _parse(stored)
-        computed = hashlib.scrypt(
-            password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_MAX_MEMORY, dklen=len(key)
-        )
-    except (ValueError, KeyError, binascii.Error) as exc:
-        raise RegistryError(
-            f"stored password hash is unreadable ({exc}); set the password again"
-        ) from exc
-    return hmac.compare_digest(computed, key)
+        return _hasher(ARGON2_COST).verify(password, stored)
+    except (UnknownHashError, UnreadableHashError) as exc:
+        raise _unreadable(exc) from exc
+
+
+def _verify_and_update(password: str, stored: str, cost: Argon2Cost) -> tuple[bool, str | None]:
+    """:func:`verify_password`, and the hash to store instead if ``stored`` is outdated."""
+    try:
+        return _hasher(cost).verify_and_update(password, stored)
+    except (UnknownHashError, UnreadableHashError) as exc:
+        raise _unreadable(exc) from exc
 
 
 class AuthStatus(StrEnum):
@@ -176,7 +237,9 @@ class PasswordStore:
         redis: A client made with ``protocol=2``.
         keys: The key space.
         throttle: When to throttle bad passwords.
-        scrypt_n: scrypt's cost for new hashes (a power of 2); stored hashes keep theirs.
+        argon2_cost: The cost of new hashes (tests lower it); a stored hash of
+            another cost, or a legacy scrypt one, is re-hashed at this cost on
+            its next successful check.
         event_history: About how many events the events stream keeps.
     """
 
@@ -186,20 +249,20 @@ class PasswordStore:
         redis: Redis,
         keys: Keys,
         throttle: ThrottlePolicy | None = None,
-        scrypt_n: int = SCRYPT_N,
+        argon2_cost: Argon2Cost = ARGON2_COST,
         event_history: int = 10_000,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._throttle = throttle or ThrottlePolicy()
-        self._scrypt_n = scrypt_n
+        self._argon2_cost = argon2_cost
         self._event_history = event_history
         self._scripts = Scripts(redis, ("bad_password",))
 
     async def set_password(self, service: str, password: str) -> None:
         """Set or rotate a service's password: the old one stops working at once."""
         check_names(service)
-        stored = await asyncio.to_thread(hash_password, password, n=self._scrypt_n)
+        stored = await asyncio.to_thread(hash_password, password, cost=self._argon2_cost)
         await self._redis.set(self._keys.service_password(service), stored)
 
     async def delete_password(self, service: str) -> None:
@@ -217,7 +280,8 @@ class PasswordStore:
 
         A service with a password set needs it whenever ``required`` (a remote
         connection, or a service defined as needing one); a wrong password given
-        counts as a bad one even where none is required.
+        counts as a bad one even where none is required. A good password whose
+        hash is outdated (legacy scrypt, or another cost) gets it re-hashed.
         """
         k = self._keys
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -234,10 +298,32 @@ class PasswordStore:
         if not password:
             return AuthResult(AuthStatus.PASSWORD_REQUIRED if required else AuthStatus.OK)
         stored_text = stored.decode() if isinstance(stored, bytes) else stored
-        if await asyncio.to_thread(verify_password, password, stored_text):
-            await self._redis.delete(k.auth_failures_by_source(source))
-            return AuthResult(AuthStatus.OK)
-        return await self._bad_password(service, source)
+        ok, updated = await asyncio.to_thread(
+            _verify_and_update, password, stored_text, self._argon2_cost
+        )
+        if not ok:
+            return await self._bad_password(service, source)
+        await self._redis.delete(k.auth_failures_by_source(source))
+        if updated is not None:
+            await self._replace_hash(service, stored_text, updated)
+        return AuthResult(AuthStatus.OK)
+
+    async def _replace_hash(self, service: str, old: str, new: str) -> None:
+        """Store hash ``new`` instead of ``old``, unless the password changed meanwhile.
+
+        WATCH makes it a compare-and-set: a rotation or deletion after the
+        check, even between GET and EXEC, wins and the new hash is dropped.
+        """
+        key = self._keys.service_password(service)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            with contextlib.suppress(WatchError):  # changed between GET and EXEC
+                await pipe.watch(key)
+                current = await pipe.get(key)
+                if current is None or ensure_str(current) != old:
+                    return  # rotated or deleted since the check
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.set(key, new, keepttl=True)
+                await pipe.execute()
 
     async def _bad_password(self, service: str, source: str) -> AuthResult:
         k, throttle = self._keys, self._throttle

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as sync_redis
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from communicator._errors import RegistryError
+from communicator.backends._broker import write_password_file
+from communicator.backends._hashing import ARGON2_COST, Argon2Cost
 from communicator.backends._keys import Keys
+from communicator.registry import _passwords
 from communicator.registry._events import EventType, parse_event
 from communicator.registry._passwords import (
     AuthStatus,
+    LegacyScryptHasher,
     PasswordStore,
     ThrottlePolicy,
     hash_password,
@@ -23,9 +34,26 @@ from communicator.registry._passwords import (
 
 pytestmark = pytest.mark.integration
 
-#: A cheap scrypt cost, so tests that hash many times stay fast (stored hashes carry their cost).
-CHEAP = 2**10
+#: A cheap argon2 cost, so tests that hash many times stay fast (stored hashes carry their cost).
+CHEAP = Argon2Cost(memory_kib=64, passes=1, lanes=1)
+CHEAP_PREFIX = "$argon2id$v=19$m=64,t=1,p=1$"
+SHARED_PREFIX = (
+    f"$argon2id$v=19$m={ARGON2_COST.memory_kib},t={ARGON2_COST.passes},p={ARGON2_COST.lanes}$"
+)
+#: 'correct horse', hashed by the former scheme's own code (the default scrypt cost).
+LEGACY = "scrypt$n=16384,r=8,p=1$9vofLyPbhQoZJUXsZs80wA$Tbf//DcXe1ahbfmbZCUlaLQ846Vd9bQ1tqsntHM3Bas"
 EVENT_TIMEOUT = 2.0
+
+
+def scrypt_hash(password: str, n: int = 2**10) -> str:
+    """A hash of the former scheme, as it was stored (nothing creates them any more)."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode().rstrip("=")
+
+    salt = os.urandom(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=8, p=1, dklen=32)
+    return f"scrypt$n={n},r=8,p=1${b64(salt)}${b64(key)}"
 
 
 @pytest.fixture
@@ -37,25 +65,71 @@ def keys(key_prefix: str) -> Keys:
 @pytest.fixture
 def store(redis: Redis, keys: Keys) -> PasswordStore:
     """A password store with cheap hashes and the default throttling."""
-    return PasswordStore(redis=redis, keys=keys, scrypt_n=CHEAP)
+    return PasswordStore(redis=redis, keys=keys, argon2_cost=CHEAP)
 
 
 def test_hash_is_self_describing_salted_and_not_the_password() -> None:
     """The hash names its scheme and cost, differs per call (salt) and verifies."""
     first, second = hash_password("s3cret-horse"), hash_password("s3cret-horse")
-    assert first.startswith("scrypt$n=16384,r=8,p=1$")
+    assert first.startswith(SHARED_PREFIX)
     assert first != second
     assert "s3cret-horse" not in first
     assert verify_password("s3cret-horse", first)
     assert not verify_password("s3cret-hors", first)
-    assert verify_password("é-ü", hash_password("é-ü", n=CHEAP))
+    assert verify_password("é-ü", hash_password("é-ü", cost=CHEAP))
 
 
-def test_unreadable_hash_and_empty_password_are_refused() -> None:
-    """A corrupt stored hash, or an empty password to hash, raise RegistryError."""
-    for stored in ("plain", "md5$x$y$z", "scrypt$n=16$!!$AAAA", "scrypt$n=16,r=8,p=1$AAAA$"):
-        with pytest.raises(RegistryError, match="set the password again"):
-            verify_password("pw", stored)
+def test_new_hashes_share_the_broker_password_file_cost(tmp_path: Path) -> None:
+    """Registry hashes and the embedded broker's password file use the one argon2 cost."""
+    assert (ARGON2_COST.memory_kib, ARGON2_COST.passes, ARGON2_COST.lanes) == (19 * 1024, 2, 1)
+    path = tmp_path / "mqtt.passwd"
+    write_password_file(path, {"alice": "wonderland"})
+    _, _, broker_hash = path.read_text().strip().partition(":")
+    assert broker_hash.startswith(SHARED_PREFIX)
+    assert hash_password("wonderland").startswith(SHARED_PREFIX)
+    assert verify_password("wonderland", broker_hash)
+
+
+@settings(max_examples=10, deadline=None)
+@given(password=st.text(min_size=1), other=st.text())
+def test_hashes_round_trip_any_unicode_password(password: str, other: str) -> None:
+    """Any non-empty password verifies against its hash; any other string does not."""
+    assume(other != password)
+    stored = hash_password(password)
+    assert verify_password(password, stored)
+    assert not verify_password(other, stored)
+
+
+def test_legacy_scrypt_hashes_still_verify_and_none_are_made() -> None:
+    """A hash of the former scrypt scheme verifies; the scrypt hasher refuses to hash."""
+    assert verify_password("correct horse", LEGACY)
+    assert not verify_password("correct horsE", LEGACY)
+    assert not verify_password("", LEGACY)
+    assert verify_password("é-ü", scrypt_hash("é-ü"))
+    with pytest.raises(NotImplementedError, match="argon2"):
+        LegacyScryptHasher().hash("pw")
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "plain",
+        "md5$x$y$z",
+        "scrypt$n=16$!!$AAAA",
+        "scrypt$n=16,r=8,p=1$AAAA$",
+        "$argon2id$v=19$m=19456,t=2,p=1$!!$AAAA",
+        "$argon2id$v=19$m=19456,t=2,p=1$AAAAAAAAAAAAAAAAAAAAAA",
+        "$argon2id$v=19$m=4194304,t=2,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAA",
+    ],
+)
+def test_unreadable_hash_is_refused(stored: str) -> None:
+    """A corrupt stored hash, or one asking for too much memory, raises RegistryError."""
+    with pytest.raises(RegistryError, match="set the password again"):
+        verify_password("pw", stored)
+
+
+def test_empty_password_is_refused() -> None:
+    """An empty password cannot be hashed."""
     with pytest.raises(RegistryError, match="empty"):
         hash_password("")
 
@@ -63,17 +137,74 @@ def test_unreadable_hash_and_empty_password_are_refused() -> None:
 async def test_stored_hash_is_not_the_password(
     store: PasswordStore, redis: Redis, keys: Keys
 ) -> None:
-    """Redis holds a scrypt hash; the right password passes, a wrong one does not."""
+    """Redis holds an argon2 hash; the right password passes, a wrong one does not."""
     await store.set_password("svc", "correct horse")
     stored = await redis.get(keys.service_password("svc"))
     assert stored is not None
     assert b"correct horse" not in stored
-    assert stored.startswith(b"scrypt$n=1024,")
+    assert stored.startswith(CHEAP_PREFIX.encode())
     ok = await store.check("svc", "correct horse", source="c1")
     assert (ok.ok, ok.reason, ok.message) == (True, "ok", "")
+    assert await redis.get(keys.service_password("svc")) == stored  # up to date: kept
     bad = await store.check("svc", "battery staple", source="c1")
     assert bad.status is AuthStatus.BAD_PASSWORD
     assert "wrong password" in bad.message
+
+
+@pytest.mark.parametrize(
+    "outdated",
+    [LEGACY, hash_password("correct horse", cost=Argon2Cost(memory_kib=32, passes=1))],
+    ids=["legacy-scrypt", "argon2-other-cost"],
+)
+async def test_a_good_check_upgrades_an_outdated_hash(
+    store: PasswordStore, redis: Redis, keys: Keys, outdated: str
+) -> None:
+    """After a successful check, a legacy (or other-cost) hash is replaced by the store's argon2."""
+    key = keys.service_password("svc")
+    await redis.set(key, outdated)
+    assert (await store.check("svc", "correct horse", source="c1")).ok
+    upgraded = (await redis.get(key)).decode()
+    assert upgraded.startswith(CHEAP_PREFIX)
+    assert verify_password("correct horse", upgraded)
+    assert (await store.check("svc", "correct horse", source="c1")).ok
+    assert (await redis.get(key)).decode() == upgraded  # now up to date: kept
+    assert (
+        await store.check("svc", "correct horsE", source="c1")
+    ).status is AuthStatus.BAD_PASSWORD
+
+
+async def test_a_bad_password_leaves_a_legacy_hash_alone(
+    store: PasswordStore, redis: Redis, keys: Keys
+) -> None:
+    """A wrong password against a legacy hash fails and the hash stays as it was."""
+    key = keys.service_password("svc")
+    await redis.set(key, LEGACY)
+    bad = await store.check("svc", "battery staple", source="c1")
+    assert bad.status is AuthStatus.BAD_PASSWORD
+    assert (await redis.get(key)).decode() == LEGACY
+
+
+async def test_an_upgrade_never_overwrites_a_concurrent_rotation(
+    store: PasswordStore, redis: Redis, keys: Keys, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password set while a legacy hash is being checked stays: the upgrade is dropped."""
+    key = keys.service_password("svc")
+    await redis.set(key, scrypt_hash("old one"))
+    rotated = hash_password("new one", cost=CHEAP)
+    verify_and_update = _passwords._verify_and_update
+
+    def rotate_meanwhile(*args: Any) -> tuple[bool, str | None]:
+        result = verify_and_update(*args)
+        with sync_redis.Redis.from_url(redis_url, protocol=2) as other:  # another operator
+            other.set(key, rotated)
+        return result
+
+    monkeypatch.setattr(_passwords, "_verify_and_update", rotate_meanwhile)
+    assert (await store.check("svc", "old one", source="c1")).ok  # it was right when read
+    assert (await redis.get(key)).decode() == rotated
+    monkeypatch.undo()
+    assert (await store.check("svc", "old one", source="c1")).status is AuthStatus.BAD_PASSWORD
+    assert (await store.check("svc", "new one", source="c1")).ok
 
 
 async def test_rotation_invalidates_the_old_password(store: PasswordStore) -> None:
@@ -156,7 +287,7 @@ async def test_concurrent_bad_passwords_start_throttling_once(
 async def test_many_sources_throttle_the_service(redis: Redis, keys: Keys) -> None:
     """Bad passwords for one service from many sources throttle the whole service."""
     throttle = ThrottlePolicy(per_source=5, per_service=3, block_seconds=30)
-    store = PasswordStore(redis=redis, keys=keys, throttle=throttle, scrypt_n=CHEAP)
+    store = PasswordStore(redis=redis, keys=keys, throttle=throttle, argon2_cost=CHEAP)
     await store.set_password("svc", "right")
     for source in ("a", "b"):
         assert (await store.check("svc", "x", source=source)).status is AuthStatus.BAD_PASSWORD
@@ -178,7 +309,7 @@ async def test_a_good_password_resets_the_source_count(store: PasswordStore) -> 
 
 
 async def test_hashing_does_not_block_the_event_loop(redis: Redis, keys: Keys) -> None:
-    """A check at full cost (~40 ms of scrypt) lets other tasks run meanwhile."""
+    """A check at full cost (~25 ms of argon2) lets other tasks run meanwhile."""
     store = PasswordStore(redis=redis, keys=keys)
     await store.set_password("svc", "right")
     ticks = 0
