@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,8 +26,8 @@ from typing import Any, Literal, Self
 
 import aiomqtt
 
-from communicator import Settings, mqtt_client
-from communicator.backends import backoff_delay, being_cancelled
+from communicator import Settings, keep_trying, mqtt_client
+from communicator.backends import being_cancelled
 from flags._errors import FlagError
 from flags._evaluate import CompiledFlag, FlagType, Reason, Resolution, evaluate
 from flags._model import Flag, flags_from_flagd_document
@@ -154,32 +154,39 @@ class FlagClient:
     # -- following the broker -------------------------------------------------------------------
 
     async def _follow(self) -> None:
-        attempt = 0
         client_id = f"flags-{self.settings.server_name}-{uuid.uuid4().hex[:8]}"
+        await keep_trying(
+            lambda: self._session(client_id),
+            what="flags: broker unreachable, serving the last known flags",
+            transient=lambda exc: isinstance(exc, aiomqtt.MqttError),
+        )
+
+    async def _session(self, client_id: str) -> None:
+        """One connection: the retained flags, then each change, until the connection drops."""
+        try:
+            async with mqtt_client(self.settings, client_id=client_id) as mqtt:
+                await mqtt.subscribe(self._topics.all_flags(), qos=1)
+                self._connected = True
+                await self._receive(mqtt.messages.__aiter__())
+        except aiomqtt.MqttError:
+            if not being_cancelled():  # closing is no outage
+                self._lost()
+            raise
+
+    async def _receive(self, messages: AsyncIterator[aiomqtt.Message]) -> None:
+        """Apply each message; the retained flags come first: a short quiet after them is sync."""
         while True:
             try:
-                async with mqtt_client(self.settings, client_id=client_id) as mqtt:
-                    await mqtt.subscribe(self._topics.all_flags(), qos=1)
-                    self._connected = True
-                    attempt = 0
-                    # Retained flags arrive first; a short quiet after them means we are in sync.
-                    messages = mqtt.messages.__aiter__()
-                    while True:
-                        try:
-                            message = await asyncio.wait_for(messages.__anext__(), 0.2)
-                        except TimeoutError:
-                            self._synced()
-                            message = await messages.__anext__()
-                        self._apply(message.topic.value, message.payload)
-            except aiomqtt.MqttError as exc:
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                if self._connected:
-                    self._emit(FlagEvent("stale"))
-                self._connected = self._in_sync = False
-                attempt += 1
-                logger.warning("flags: broker unreachable (%s); serving the last known flags", exc)
-                await asyncio.sleep(backoff_delay(attempt))
+                message = await asyncio.wait_for(messages.__anext__(), 0.2)
+            except TimeoutError:
+                self._synced()
+                message = await messages.__anext__()
+            self._apply(message.topic.value, message.payload)
+
+    def _lost(self) -> None:
+        if self._connected:
+            self._emit(FlagEvent("stale"))
+        self._connected = self._in_sync = False
 
     def _synced(self) -> None:
         self.synced.set()

@@ -11,20 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import uuid
 
 import aiomqtt
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator import Settings, mqtt_client
-from communicator.backends import backoff_delay, being_cancelled
+from communicator import Settings, keep_trying, mqtt_client
 from flags._keys import FlagKeys
 from flags._store import FlagStore, StoredFlag
 from flags._topics import FlagTopics
-
-logger = logging.getLogger(__name__)
 
 
 def flag_payload(stored: StoredFlag) -> bytes:
@@ -48,19 +44,17 @@ class FlagPublisher:
 
     async def run(self) -> None:
         """Publish and relay, reconnecting to the broker and Redis as needed."""
-        attempt = 0
-        while True:
-            try:
-                await self._session()
-            except (aiomqtt.MqttError, RedisError, OSError) as exc:
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                self.synced.clear()
-                attempt += 1
-                logger.warning("flag publisher: %s; retrying", exc)
-                await asyncio.sleep(backoff_delay(attempt))
+        await keep_trying(self._session, what="flag publisher", transient=_lost)
 
     async def _session(self) -> None:
+        """One connection to each: publish every flag, then relay changes until one drops."""
+        try:
+            await self._publish_then_relay()
+        finally:
+            self.synced.clear()  # until every flag is published again
+        raise RedisError("the subscription to flag changes ended")  # reconnect, as on a drop
+
+    async def _publish_then_relay(self) -> None:
         client_id = f"deployctl-flags-{uuid.uuid4().hex[:10]}"
         async with (
             mqtt_client(self._settings, client_id=client_id) as mqtt,
@@ -83,3 +77,8 @@ class FlagPublisher:
         )  # empty: clears the retained flag
         await mqtt.publish(self._topics.flag(key), payload, qos=1, retain=True)
         self.published += 1
+
+
+def _lost(exc: BaseException) -> bool:
+    """The broker or Redis went away (worth reconnecting), as opposed to a bug."""
+    return isinstance(exc, aiomqtt.MqttError | RedisError | OSError)

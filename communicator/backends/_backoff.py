@@ -8,6 +8,7 @@ on a recovering server in lockstep.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     before_sleep_log,
     retry_if_exception,
     stop_after_attempt,
@@ -38,8 +40,9 @@ T = TypeVar("T")
 def backoff_delay(attempt: int) -> float:
     """Seconds to wait before retry number ``attempt`` (0 for the first), for hand-made loops.
 
-    The same policy as :func:`backoff`: random between zero and
-    ``FIRST_WAIT * 2**attempt``, capped at ``MAX_WAIT``.
+    The same policy as :func:`backoff` and :func:`keep_trying`: random between
+    zero and ``FIRST_WAIT * 2**attempt``, capped at ``MAX_WAIT``. Prefer
+    :func:`keep_trying` to a loop of one's own.
     """
     return random.uniform(0, min(MAX_WAIT, FIRST_WAIT * 2 ** min(attempt, 32)))
 
@@ -101,12 +104,13 @@ async def keep_trying(
 ) -> T:
     """Run ``operation`` until it returns, retrying it after transient failures.
 
-    The one reconnect loop of deployctl's daemons: waits follow the policy of
-    :func:`backoff` (:func:`backoff_delay`: capped, jittered), each failure is
-    logged as a warning naming ``what``, and an operation that ran
-    ``healthy_after`` seconds before failing starts again from the shortest
-    wait (a new outage, not the same one). Exception groups count as transient
-    when every error in them is. Cancellation is never retried nor delayed.
+    The one reconnect loop of deployctl's daemons, on tenacity: waits follow the
+    policy of :func:`backoff` (capped, jittered), each failure is logged as a
+    warning naming ``what``, and an operation that ran ``healthy_after`` seconds
+    before failing starts again from the shortest wait (a new outage, not the
+    same one). Exception groups count as transient when every error in them is.
+    Cancellation is never retried nor delayed: a transient error raised while
+    the task is being cancelled (aiomqtt's disguise) becomes ``CancelledError``.
 
     Args:
         operation: Makes one attempt (connect, then serve until the connection drops).
@@ -118,20 +122,72 @@ async def keep_trying(
     Returns:
         What ``operation`` returned.
     """
-    failures = 0
-    while True:
-        started = time.monotonic()
+    wait = _WaitPerOutage(healthy_after)
+    retrying = AsyncRetrying(
+        wait=wait,
+        # Tenacity catches BaseException: CancelledError, KeyboardInterrupt... are no Exception.
+        retry=retry_if_exception(
+            lambda exc: isinstance(exc, Exception) and every_leaf(exc, transient)
+        ),
+        before=wait.attempt_starts,
+        before_sleep=_warning(what),
+        reraise=True,
+    )
+    result: T = await retrying(_undisguised(operation, transient))
+    return result
+
+
+class _WaitPerOutage(wait_random_exponential):
+    """``wait_random_exponential`` counted from the first failure of the current outage.
+
+    A failure of an attempt that had run ``healthy_after`` seconds opens a new
+    outage: its wait is the shortest again. One instance serves one loop.
+    """
+
+    def __init__(self, healthy_after: float) -> None:
+        super().__init__(multiplier=FIRST_WAIT, max=MAX_WAIT)
+        self.healthy_after = healthy_after
+        self._attempt_started = time.monotonic()
+        self._outage_began = 1  # the attempt number of the current outage's first failure
+
+    def attempt_starts(self, retry_state: RetryCallState) -> None:
+        """Note the time an attempt starts (tenacity's ``before`` hook)."""
+        self._attempt_started = time.monotonic()
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        failed_at = retry_state.outcome_timestamp or time.monotonic()
+        if failed_at - self._attempt_started >= self.healthy_after:
+            self._outage_began = retry_state.attempt_number
+        in_this_outage = copy.copy(retry_state)
+        in_this_outage.attempt_number -= self._outage_began - 1
+        return super().__call__(in_this_outage)
+
+
+def _undisguised(
+    operation: Callable[[], Awaitable[T]], transient: Callable[[BaseException], bool]
+) -> Callable[[], Awaitable[T]]:
+    """``operation`` as a coroutine function that turns a disguised cancellation back into one."""
+
+    async def attempt() -> T:
         try:
             return await operation()
         except Exception as exc:
-            if being_cancelled() or not every_leaf(exc, transient):
-                raise
-            if time.monotonic() - started >= healthy_after:
-                failures = 0
-            delay = backoff_delay(failures)
-            failures += 1
-            logger.warning("%s: %s; retrying in %.2fs", what, _describe(exc), delay)
-        await asyncio.sleep(delay)
+            if being_cancelled() and every_leaf(exc, transient):
+                raise asyncio.CancelledError from exc
+            raise
+
+    return attempt
+
+
+def _warning(what: str) -> Callable[[RetryCallState], None]:
+    """Tenacity's ``before_sleep`` hook: a warning naming the loop, the error and the wait."""
+
+    def warn(retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        delay = retry_state.upcoming_sleep
+        logger.warning("%s: %s; retrying in %.2fs", what, _describe(error), delay)
+
+    return warn
 
 
 def _describe(error: BaseException | None) -> str:

@@ -20,7 +20,7 @@ from typing import Self
 import aiomqtt
 
 from communicator._errors import ClientError, MessageError, RegistrationRefused, RequestFailed
-from communicator.backends._backoff import FIRST_WAIT, MAX_WAIT, backoff_delay, being_cancelled
+from communicator.backends._backoff import MAX_WAIT, keep_trying
 from communicator.backends._mqtt import mqtt_client
 from communicator.backends._settings import Settings
 from communicator.backends._topics import Topics
@@ -174,37 +174,29 @@ class Client:
         self._pending.clear()
 
     async def _run(self) -> None:
-        attempt = 0
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             serving = tasks.create_task(self._serve(), name=f"client-{self.client_id}-handlers")
-            while True:
-                delay = FIRST_WAIT
-                try:
-                    await self._session()
-                except aiomqtt.MqttError as exc:
-                    if being_cancelled():
-                        raise asyncio.CancelledError from exc
-                    attempt += 1
-                    delay = backoff_delay(attempt)
-                    logger.warning(
-                        "%s: broker connection lost (%s); reconnecting in %.2fs",
-                        self.client_id,
-                        exc,
-                        delay,
-                    )
-                except RegistrationRefused as exc:
-                    if self._registered is not None and not self._registered.done():
-                        self._registered.set_exception(exc)
-                    if exc.reason != "throttled":
-                        self._end(exc)
-                        serving.cancel()
-                        return
-                    delay = exc.retry_after or MAX_WAIT
-                finally:
-                    self._connected.clear()
-                    self._mqtt = None
-                await asyncio.sleep(delay)
+            await keep_trying(
+                self._connection,
+                what=f"{self.client_id}: connection to the communicator",
+                transient=_worth_reconnecting,
+            )
+            serving.cancel()  # refused for good
+
+    async def _connection(self) -> None:
+        """One connection; returns only when the communicator refuses this client for good."""
+        try:
+            await self._session()
+        except RegistrationRefused as exc:
+            if self._registered is not None and not self._registered.done():
+                self._registered.set_exception(exc)
+            if exc.reason != "throttled":
+                self._end(exc)
+                return
+            await asyncio.sleep(exc.retry_after or MAX_WAIT)
+            raise  # throttled: worth reconnecting, once its wait is over
+        raise aiomqtt.MqttError("the broker ended the session")  # reconnect, as on a drop
 
     def _end(self, refusal: RegistrationRefused) -> None:
         """The communicator refused us for good: stop, and say why to whoever waits or sends."""
@@ -219,32 +211,43 @@ class Client:
     async def _session(self) -> None:
         """One connection: subscribe, register, then receive until the connection drops."""
         will = aiomqtt.Will(self._in, f"DISCONNECTED service={self.service}".encode(), qos=1)
-        async with mqtt_client(self.settings, client_id=self.client_id, will=will) as mqtt:
-            self._mqtt = mqtt
-            await mqtt.subscribe(self._out, qos=1)
-            parameters = {
-                "service": self.service,
-                "version": self.version,
-                "server": self.server,
-                "instance": self.instance,
-                "commands": ",".join(self.commands),
-                "protocol": "1",
-            }
-            if self.zone:
-                parameters["zone"] = self.zone
-            if self._password is not None:
-                parameters["password"] = self._password
-            ready: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-            self._pending["\0register"] = ready
-            register = encode(Message(command="REGISTER", parameters=parameters), self._form)
-            repeat = asyncio.create_task(
-                self._register(mqtt, register, ready), name=f"client-{self.client_id}-register"
-            )
-            try:
-                async for incoming in mqtt.messages:
-                    await self._receive(incoming.payload)
-            finally:
-                repeat.cancel()
+        try:
+            async with mqtt_client(self.settings, client_id=self.client_id, will=will) as mqtt:
+                self._mqtt = mqtt
+                await self._register_then_receive(mqtt)
+        finally:
+            self._connected.clear()
+            self._mqtt = None
+
+    async def _register_then_receive(self, mqtt: aiomqtt.Client) -> None:
+        await mqtt.subscribe(self._out, qos=1)
+        ready: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending["\0register"] = ready
+        register = encode(Message(command="REGISTER", parameters=self._registration()), self._form)
+        repeat = asyncio.create_task(
+            self._register(mqtt, register, ready), name=f"client-{self.client_id}-register"
+        )
+        try:
+            async for incoming in mqtt.messages:
+                await self._receive(incoming.payload)
+        finally:
+            repeat.cancel()
+
+    def _registration(self) -> dict[str, str]:
+        """The parameters of REGISTER."""
+        parameters = {
+            "service": self.service,
+            "version": self.version,
+            "server": self.server,
+            "instance": self.instance,
+            "commands": ",".join(self.commands),
+            "protocol": "1",
+        }
+        if self.zone:
+            parameters["zone"] = self.zone
+        if self._password is not None:
+            parameters["password"] = self._password
+        return parameters
 
     async def _register(
         self, mqtt: aiomqtt.Client, register: bytes, ready: asyncio.Future[Message]
@@ -462,3 +465,10 @@ class Client:
     def connected(self) -> bool:
         """Whether the client is connected and registered right now."""
         return self._connected.is_set()
+
+
+def _worth_reconnecting(exc: BaseException) -> bool:
+    """The broker went away, or the communicator asked us to register again later."""
+    if isinstance(exc, RegistrationRefused):
+        return exc.reason == "throttled"
+    return isinstance(exc, aiomqtt.MqttError)
