@@ -81,7 +81,7 @@ class Keys:
     # -- passwords -------------------------------------------------------------
 
     def service_password(self, service: str) -> str:
-        """String: the service's password as a self-describing scrypt hash (never the password)."""
+        """String: the service's password as a pwdlib argon2id hash (never the password)."""
         return f"{self.prefix}svc:{service}:password"
 
     def auth_failures_by_source(self, source: str) -> str:
@@ -134,12 +134,16 @@ class Keys:
         """String: the key communicators sign their request hand-offs with (hex)."""
         return f"{self.prefix}router:secret"
 
-    def stats(self) -> str:
-        """Hash: counters of the routers (routed, cached, cache_dropped, invalid, unknown)."""
-        return f"{self.prefix}stats"
-
     # -- daemons ---------------------------------------------------------------
 
     def health(self, process: str) -> str:
-        """String with a TTL: a daemon's last health record (``--check`` reads it)."""
+        """String with a TTL: a daemon's last health record as JSON (``--check`` reads it).
+
+        ``process`` is ``communicator:<router id>`` for a communicator; the
+        controller's records are named in ``controller.engine._keys``.
+        """
         return f"{self.prefix}health:{process}"
+
+    def communicators_health(self) -> str:
+        """Sorted set: router id -> time of its last health record, for ``--check`` to find."""
+        return f"{self.prefix}health:communicators"

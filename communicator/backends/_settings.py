@@ -226,6 +226,15 @@ class Settings(BaseSettings):
     """This machine's name in addresses (``server:service/CMD``); the host name by default."""
     zone: str = ""
 
+    health_interval: float = Field(5.0, gt=0)
+    """Seconds between the health records ``communicatord`` and the controller write; each
+    lives :attr:`health_ttl` (three intervals), so ``--check`` fails soon after a process dies."""
+
+    @property
+    def health_ttl(self) -> float:
+        """Seconds a health record lives: three :attr:`health_interval` (two writes may fail)."""
+        return 3 * self.health_interval
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)

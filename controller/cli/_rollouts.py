@@ -1,4 +1,4 @@
-"""``deployctl rollouts``, ``rollout history``, ``status`` and ``controller run``."""
+"""``deployctl rollouts``, ``rollout history``, ``status``, ``controller run`` and ``--check``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import Annotated, Any
 
 import typer
@@ -17,7 +18,7 @@ from communicator import BackendError, redis_backend
 from controller.cli._canary import traffic
 from controller.cli._output import JSON_OPTION, Exit, console, emit, fail
 from controller.cli._registry import RegistryAccess, connected_settings, with_registry
-from controller.engine._controller import Controller
+from controller.engine._controller import Controller, read_health
 from controller.engine._keys import ControllerKeys
 from controller.engine._rollout import Phase, RolloutStore
 from controller.engine._views import PHASE_STYLE, rollout_data, timeline
@@ -132,6 +133,72 @@ def status(as_json: bool = JSON_OPTION) -> None:
         raise typer.Exit(int(Exit.NO))
     if any(phase.active for phase in phases):
         raise typer.Exit(int(Exit.IN_PROGRESS))
+
+
+@controller_app.callback(invoke_without_command=True)
+def controller_group(
+    ctx: typer.Context,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 0 if a leading controller reported its health lately, 1 if none did, "
+            "3 if Redis cannot be reached.",
+        ),
+    ] = False,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The rollout controller: `run` one, or `--check` that one leads."""
+    if ctx.invoked_subcommand is not None:
+        if check or as_json:
+            fail(
+                "--check and --json go alone: run `deployctl controller --check`, "
+                f"not with `{ctx.invoked_subcommand}`"
+            )
+        return
+    if not check:
+        fail("say what to do: `deployctl controller run`, or `deployctl controller --check`")
+    check_controllers(as_json=as_json)
+
+
+def _controller_line(record: dict[str, Any], now: float) -> str:
+    """One controller's health record as one line for people."""
+    if record.get("leading"):
+        state = f"leader  rollouts active {record.get('rollouts_active')}"
+        last = record.get("last_advance")
+        state += f"  last advance {max(now - last, 0):.1f} s ago" if last else "  not advanced yet"
+    else:
+        state = f"standby (leader: {record.get('leader') or 'none'})"
+    age = max(now - float(record.get("time", now)), 0.0)
+    uptime = float(record.get("uptime", 0))
+    return f"{record['controller_id']}  {state}  up {uptime:.0f} s  reported {age:.1f} s ago"
+
+
+def check_controllers(*, as_json: bool) -> None:
+    """``deployctl controller --check``: exit 0 if a leader reported within the record TTL."""
+
+    async def action(access: RegistryAccess) -> tuple[list[dict[str, Any]], float]:
+        keys = ControllerKeys(access.settings.key_prefix)
+        return await read_health(access.redis, keys), access.settings.health_ttl
+
+    records, ttl = with_registry(action, as_json=as_json)
+    if not any(record.get("leading") for record in records):
+        standbys = f" ({len(records)} standing by)" if records else ""
+        fail(
+            f"no controller has led in the last {ttl:g} s{standbys}: is `deployctl controller "
+            "run` running? see `deployctl status`",
+            code=Exit.NO,
+            as_json=as_json,
+            controllers=records,
+        )
+    now = time.time()
+    emit(
+        {"controllers": records},
+        as_json=as_json,
+        render=lambda: console.print(
+            "\n".join(escape(_controller_line(record, now)) for record in records)
+        ),
+    )
 
 
 @controller_app.command("run")

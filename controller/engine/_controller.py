@@ -5,6 +5,10 @@ standby takes it when it lapses and resumes every rollout from its state in
 Redis. The leader advances each active rollout (and each flag rollout by
 steps) on a short tick, and at once when something happens to it (an
 operator request, or the communicator invalidating its canary).
+
+Every controller, leading or standing by, writes a health record every
+``health_interval`` seconds (``ControllerKeys.health``, with a TTL of
+``health_ttl``), which ``deployctl controller --check`` reads.
 """
 
 from __future__ import annotations
@@ -17,12 +21,22 @@ import os
 import socket
 import time
 import uuid
+from typing import Any
 
 from aiomqtt import MqttError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator import Keys, Measurements, PlanStore, Registry, Settings, keep_trying
+from communicator import (
+    Keys,
+    Measurements,
+    PlanStore,
+    Registry,
+    Settings,
+    __version__,
+    keep_trying,
+)
+from communicator.backends import being_cancelled
 from controller.engine._alerts import StatusFlagRaiser
 from controller.engine._engine import RolloutEngine
 from controller.engine._flag_runs import FlagRunEngine, FlagRunStore
@@ -39,6 +53,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+#: Index members older than this are dropped by the writers (their records expired long ago).
+HEALTH_INDEX_KEEP = 3600.0
 
 
 class Controller:
@@ -89,6 +106,10 @@ class Controller:
         self._urgent: set[str] = set()
         self.leading = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.started = time.time()
+        self._clock = time.monotonic()
+        self.rollouts_active = 0  # at the last advance (by this process, when it led)
+        self.last_advance: float | None = None  # epoch seconds of this process's last advance
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (leadership is released)."""
@@ -96,12 +117,16 @@ class Controller:
 
     async def run(self) -> None:
         """Stand by or lead until stopped; Redis outages are waited out, never fatal."""
+        health = asyncio.create_task(self._report_health(), name="controller-health")
         try:
             await keep_trying(self._stand_by_or_lead, what=f"controller {self.id}", transient=_down)
         finally:
+            health.cancel()
+            await asyncio.wait({health})
             with contextlib.suppress(RedisError, OSError):
                 if self.leading.is_set():
                     await self.redis.delete(self.keys.leader())
+                await self._withdraw_health()
             self.leading.clear()
 
     async def _stand_by_or_lead(self) -> None:
@@ -200,6 +225,7 @@ class Controller:
         """Advance every active rollout (the services in ``first`` before the others)."""
         rollouts = await self.store.all()
         rollouts.sort(key=lambda r: r.service not in (first or set()))
+        self.rollouts_active = sum(rollout.phase.active for rollout in rollouts)
         for rollout in rollouts:
             requests = await self.store.take_requests(rollout.service)
             if not rollout.phase.active and not requests:
@@ -214,6 +240,78 @@ class Controller:
             logger.debug(
                 "advanced %s in %.1f ms", rollout.service, (time.monotonic() - started) * 1e3
             )
+        self.last_advance = time.time()
+
+    # -- the health record (``deployctl controller --check``) -----------------------------
+
+    async def health_record(self) -> dict[str, Any]:
+        """What this controller says of itself in its health record (docs/operations.md)."""
+        leading = self.leading.is_set()
+        leader = self.id if leading else await self.redis.get(self.keys.leader())
+        return {
+            "controller_id": self.id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "version": __version__,
+            "time": time.time(),
+            "started": self.started,
+            "uptime": round(time.monotonic() - self._clock, 3),
+            "role": "leader" if leading else "standby",
+            "leading": leading,
+            "leader": None if leader is None else _text(leader),
+            "rollouts_active": self.rollouts_active if leading else None,
+            "last_advance": self.last_advance,
+            "interval": self.settings.health_interval,
+        }
+
+    async def write_health(self) -> None:
+        """Store this controller's record for ``health_ttl`` seconds and index it."""
+        record, ttl = await self.health_record(), self.settings.health_ttl
+        index = self.keys.controllers_health()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.health(self.id), json.dumps(record), px=int(ttl * 1000))
+            pipe.zadd(index, {self.id: record["time"]})
+            pipe.zremrangebyscore(index, "-inf", record["time"] - max(ttl, HEALTH_INDEX_KEEP))
+            await pipe.execute()
+
+    async def _report_health(self) -> None:
+        """Write the record every ``health_interval`` seconds, leading or standing by."""
+        failing = False
+        while True:
+            try:
+                await self.write_health()
+            except (RedisError, OSError) as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
+                if not failing:
+                    logger.warning("controller %s: health record not written (%s)", self.id, exc)
+                failing = True
+            else:
+                failing = False
+            await asyncio.sleep(self.settings.health_interval)
+
+    async def _withdraw_health(self) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.health(self.id))
+            pipe.zrem(self.keys.controllers_health(), self.id)
+            await pipe.execute()
+
+
+async def read_health(redis: Redis, keys: ControllerKeys) -> list[dict[str, Any]]:
+    """The records of every controller that reported within its TTL, leaders first."""
+    found: list[Any] = await redis.zrange(keys.controllers_health(), 0, -1)
+    members = [_text(m) for m in found]
+    if not members:
+        return []
+    records = []
+    for raw in await redis.mget([keys.health(m) for m in members]):
+        if raw is None:
+            continue  # expired since the index was read
+        with contextlib.suppress(ValueError, TypeError):
+            record = json.loads(raw)
+            if isinstance(record, dict) and "controller_id" in record:
+                records.append(record)
+    return sorted(records, key=lambda r: (not r.get("leading"), str(r["controller_id"])))
 
 
 def _down(exc: BaseException) -> bool:

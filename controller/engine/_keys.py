@@ -46,3 +46,11 @@ class ControllerKeys:
     def events(self) -> str:
         """Pub/sub channel: rollout events as JSON (rollout_aborted, rollout_succeeded ...)."""
         return f"{self.prefix}rollout:events"
+
+    def health(self, controller_id: str) -> str:
+        """String with a TTL: one controller's last health record as JSON (``--check``)."""
+        return f"{self.prefix}health:controller:{controller_id}"
+
+    def controllers_health(self) -> str:
+        """Sorted set: controller id -> time of its last health record, for ``--check``."""
+        return f"{self.prefix}health:controllers"
