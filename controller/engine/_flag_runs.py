@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from communicator import DeployctlError
 from controller.engine._keys import ControllerKeys
 from controller.playbook._playbook import Playbook
+from controller.playbook._steps import PauseStep, SetWeightStep
 from flags import FlagConflict
 from strategies import MIN_OUTCOMES, FlagRollout, ServiceReading, failure_rate
 
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two looks at a step's failure rate (each reads every version's totals).
 CHECK_EVERY = 1.0
+#: Seconds a percentage is watched when no pause with a duration follows it.
+DEFAULT_STEP_SECONDS = 60.0
 
 
 class FlagRunPhase(StrEnum):
@@ -82,13 +85,22 @@ class FlagRun(BaseModel):
 
 
 def flag_steps(playbook: Playbook) -> list[FlagStep]:
-    """A ``strategy: flag`` playbook as steps: each set_weight, watched for the pause after it."""
+    """A ``strategy: flag`` playbook as steps: each set_weight, watched for the pause after it.
+
+    A set_weight without a pause after it is watched 60 s; so is one followed by
+    a pause without a duration, since a flag run has no one to promote it. The
+    playbook's validation already refused every other kind of step.
+    """
     steps: list[FlagStep] = []
     for step in playbook.steps:
-        if step.kind == "set_weight":
-            steps.append(FlagStep(percentage=step.weight, seconds=60.0))
-        elif step.kind == "pause" and steps:
-            steps[-1] = FlagStep(percentage=steps[-1].percentage, seconds=step.duration or 60.0)
+        match step:
+            case SetWeightStep(weight=weight):
+                steps.append(FlagStep(percentage=weight, seconds=DEFAULT_STEP_SECONDS))
+            case PauseStep(duration=duration) if steps:
+                seconds = duration or DEFAULT_STEP_SECONDS
+                steps[-1] = FlagStep(percentage=steps[-1].percentage, seconds=seconds)
+            case _:
+                pass  # a pause before any weight: nothing is served yet, nothing to watch
     return steps
 
 

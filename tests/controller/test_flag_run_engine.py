@@ -18,8 +18,10 @@ from controller.engine._flag_runs import (
     FlagRunPhase,
     FlagRunStore,
     FlagStep,
+    flag_steps,
 )
 from controller.engine._keys import ControllerKeys
+from controller.playbook._playbook import parse_playbook
 from flags import Flag, FlagKeys, FlagStore
 from strategies import FlagRollout
 
@@ -158,3 +160,17 @@ async def test_an_abort_switches_the_flag_off_and_stops(
     current = await store.get(KEY)
     assert current is not None
     assert (current.flag.targeting, current.flag.default_variant) == (None, "off")
+
+
+def test_a_flag_playbook_becomes_watched_percentages() -> None:
+    """Each set_weight is watched for the pause after it (60 s when none says how long)."""
+    playbook = parse_playbook(
+        "name: f\ndescription: d\nstrategy: flag\nsteps:\n"
+        "  - pause: {duration: 5s}\n  - set_weight: 10\n  - pause: {duration: 30s}\n"
+        "  - set_weight: 50\n  - set_weight: 100\n  - pause: {}\n"
+    )
+    assert [(s.percentage, s.seconds) for s in flag_steps(playbook)] == [
+        (10, 30.0),
+        (50, 60.0),
+        (100, 60.0),
+    ]
