@@ -29,8 +29,9 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.analysis._analysis import VersionSample, judge, mann_whitney_u
+from controller.analysis._analysis import VersionSample, judge
 from controller.analysis._criteria import AnalysisCriteria
+from controller.analysis._statistics import mann_whitney_u
 
 SIZES = (1_000, 10_000)
 RUNS = 7

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from controller.analysis._analysis import percentile
+from controller.analysis._statistics import percentile
 from controller.engine._rollout import Phase, Request, Rollout, RolloutStore
 from controller.engine._steps import StepRunner
 from controller.playbook._playbook import Playbook

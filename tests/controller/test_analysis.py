@@ -12,16 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import optimize, stats
 
-from controller.analysis._analysis import (
+from controller.analysis._analysis import VersionSample, judge
+from controller.analysis._criteria import AnalysisCriteria
+from controller.analysis._statistics import (
     Alternative,
-    VersionSample,
     _exact_counts,
-    judge,
     mann_whitney_u,
     percentile,
     proportion_test,
 )
-from controller.analysis._criteria import AnalysisCriteria
 
 ALTERNATIVES: list[Alternative] = ["greater", "less", "two-sided"]
 # Latencies as a service would report them: seconds, small integers of ms to force ties.
