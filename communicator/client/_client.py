@@ -3,6 +3,10 @@
 It follows docs/protocol.md: one MQTT client per instance, a will that reports
 an unexpected death, REGISTER/READY, the built-in commands answered here, and
 reconnection (with re-registration) after the broker or the network goes away.
+
+About 460 lines, one class on purpose: life cycle, registration, serving and
+sending share one connection's state (the MQTT client, the pending requests,
+the registered future); the pure parts live in ``_builtins``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -24,6 +27,13 @@ from communicator.backends._backoff import MAX_WAIT, keep_trying
 from communicator.backends._mqtt import mqtt_client
 from communicator.backends._settings import Settings
 from communicator.backends._topics import Topics
+from communicator.client._builtins import (
+    BUILT_IN,
+    INFORMATIONAL,
+    STOPPING,
+    builtin_answer,
+    correlated,
+)
 from communicator.wire._codec import WireForm, decode, encode
 from communicator.wire._message import Message
 from communicator.wire._validators import parse_duration
@@ -31,8 +41,6 @@ from communicator.wire._validators import parse_duration
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Awaitable[Message | None]]
-#: Commands every client answers itself (docs/protocol.md §4).
-BUILT_IN = ("ALIVE", "CLOCK", "HELP", "QUITTING", "STOP")
 
 
 class Client:
@@ -325,45 +333,22 @@ class Client:
         command = message.command
         if command in self._handlers:
             answer = await self._handlers[command](message)
-            if answer is not None:
-                await self._answer(message, answer)
-        elif command == "HELP":
-            await self._answer(message, message.reply("COMMANDS", list=",".join(self.commands)))
-        elif command == "ALIVE":
-            echo = {k: v for k, v in message.parameters.items() if k in ("serial", "timestamp")}
-            await self._answer(
-                message, message.reply("ABSOLUTELY", reply_timestamp=f"{time.time():.6f}", **echo)
-            )
-        elif command == "CLOCK":
-            sent_at = message.parameters.get("sent_at", "0")
-            await self._answer(
-                message, message.reply("CLOCK_REPLY", sent_at=sent_at, time=f"{time.time():.6f}")
-            )
-        elif command in ("STOP", "QUITTING"):
+        elif command in STOPPING:
             logger.info("%s: %s received; stopping", self.client_id, command)
             self.stopped.set()
-        elif command in (
-            "UNKNOWN",
-            "INVALID",
-            "TRANSMISSION_REPORT",
-            "SERVICE_UNAVAILABLE",
-            "STATUS",
-        ):
+            return
+        elif command in INFORMATIONAL:
             logger.info("%s: %s %s", self.client_id, command, message.parameters)
+            return
         else:
-            await self._answer(message, message.reply("UNKNOWN", command=command))
+            answer = builtin_answer(message, self.commands)
+            if answer is None:
+                answer = message.reply("UNKNOWN", command=command)
+        if answer is not None:
+            await self._answer(message, answer)
 
     async def _answer(self, request: Message, answer: Message) -> None:
-        if "message_id" in request.parameters and "in_reply_to" not in answer.parameters:
-            answer = answer.model_copy(
-                update={
-                    "parameters": {
-                        **answer.parameters,
-                        "in_reply_to": request.parameters["message_id"],
-                    }
-                }
-            )
-        await self.send(answer)
+        await self.send(correlated(request, answer))
 
     async def _reply_error(self, request: Message, reason: str) -> None:
         with contextlib.suppress(ClientError):
