@@ -6,10 +6,12 @@ Redis keys and MQTT topics are named in one place each (``Keys``, ``Topics``).
 
 from communicator.backends._backoff import backoff_delay, being_cancelled, keep_trying
 from communicator.backends._broker import EmbeddedBroker, write_password_file
+from communicator.backends._embedded_redis import EmbeddedRedis
 from communicator.backends._keys import Keys
 from communicator.backends._link import MAX_PACKET_SIZE
+from communicator.backends._memory_link import MemoryBroker, MemoryLink
 from communicator.backends._mqtt import broker_url, mqtt_client, wait_for_broker
-from communicator.backends._redis import EmbeddedRedis, connect_redis, redis_backend
+from communicator.backends._redis import connect_redis, redis_backend
 from communicator.backends._replies import text
 from communicator.backends._settings import Settings, masked, parse_mqtt_url
 from communicator.backends._topics import Topics
@@ -19,6 +21,8 @@ __all__ = [
     "EmbeddedBroker",
     "EmbeddedRedis",
     "Keys",
+    "MemoryBroker",
+    "MemoryLink",
     "Settings",
     "Topics",
     "backoff_delay",

@@ -29,10 +29,11 @@ from redis.exceptions import RedisError
 from communicator._errors import BackendError, DeployctlError
 from communicator._version import __version__
 from communicator.backends._backoff import being_cancelled
+from communicator.backends._embedded_redis import socket_folder
 from communicator.backends._keys import Keys
 from communicator.backends._link import LinkError
 from communicator.backends._mqtt import broker_address, broker_url, wait_for_broker
-from communicator.backends._redis import connect_redis, redis_backend, socket_folder
+from communicator.backends._redis import connect_redis, redis_backend
 from communicator.backends._replies import text
 from communicator.backends._settings import Settings, masked
 from communicator.router._router import Router, RouterConfig

@@ -11,15 +11,14 @@ import contextlib
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
 from communicator.backends._backoff import being_cancelled
+from communicator.router._cache import MessageCache
 from communicator.router._leases import Leases
-
-if TYPE_CHECKING:
-    from communicator.router._router import Router
+from communicator.router._partitions import PartitionTable
+from communicator.router._ports import CachedDelivery, LinkStatus, Routing
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +26,35 @@ logger = logging.getLogger(__name__)
 class Ownership:
     """The partition loops of one router."""
 
-    def __init__(self, router: Router) -> None:
-        self._router = router
+    def __init__(
+        self,
+        *,
+        table: PartitionTable,
+        leases: Leases,
+        cache: MessageCache,
+        routing: Routing,
+        cached: CachedDelivery,
+        link: LinkStatus,
+        ready: asyncio.Event,
+        lease_ttl: float,
+        renew_every: float,
+        checkpoint_every: float,
+    ) -> None:
+        self._table = table
+        self._leases = leases
+        self._cache = cache
+        self._routing = routing
+        self._cached = cached
+        self._link = link
+        self._ready = ready
+        self._lease_ttl = lease_ttl
+        self._renew_every = renew_every
+        self._checkpoint_every = checkpoint_every
         self._free_last_round: set[int] = set()
 
     async def lease_loop(self) -> None:
         """Renew our leases and claim free partitions, every ``renew_every`` seconds."""
-        r = self._router
-        config = r.config
-        margin = config.renew_every
+        margin = self._renew_every
         while True:
             try:
                 await self.lease_round(margin)
@@ -45,7 +64,7 @@ class Ownership:
                 logger.warning(
                     "cannot renew partition leases (%s); routing pauses when they lapse", exc
                 )
-            await asyncio.sleep(config.renew_every)
+            await asyncio.sleep(self._renew_every)
 
     async def lease_round(self, margin: float) -> None:
         """One round: renew, drop lost leases, claim our share and any orphaned partition.
@@ -56,31 +75,30 @@ class Ownership:
         Past its share, with nothing free, it hands the extra partitions to the
         others (:meth:`shed`), so communicators started later share the work.
         """
-        r = self._router
-        ttl = r.config.lease_ttl
-        r.table.trim()
-        leased = r.table.leased()  # lapsed ones too: a late renewal must not lose them
+        ttl = self._lease_ttl
+        self._table.trim()
+        leased = self._table.leased()  # lapsed ones too: a late renewal must not lose them
         started = time.monotonic()
-        for partition, ok in zip(leased, await r.leases.renew(leased), strict=True):
+        for partition, ok in zip(leased, await self._leases.renew(leased), strict=True):
             if ok:
                 await self.resume(partition, started + ttl - margin)
             else:
                 logger.warning("lost the lease of partition %d", partition)
-                r.table.drop(partition)
-                r.cache.forget(partition)
-        if not r.listening:
+                self._table.drop(partition)
+                self._cache.forget(partition)
+        if not self._link.listening:
             return
-        live = await r.leases.heartbeat(time.time(), stale_after=ttl)
-        share = Leases.share(r.table.count, live)
-        mine = set(r.table.leased())
-        owners = await r.leases.owners(r.table.count)
-        free = [p for p in range(r.table.count) if p not in owners and p not in mine]
+        live = await self._leases.heartbeat(time.time(), stale_after=ttl)
+        share = Leases.share(self._table.count, live)
+        mine = set(self._table.leased())
+        owners = await self._leases.owners(self._table.count)
+        free = [p for p in range(self._table.count) if p not in owners and p not in mine]
         random.shuffle(free)
         # Claim our share of the free partitions; and any left free a whole round, whatever
         # our share, so that nothing waits on a peer that is late or gone.
         orphans = set(free) & self._free_last_round
         self._free_last_round = set(free)
-        if r.connections > 1 and time.monotonic() - r.listening_since < ttl:
+        if self._link.connections > 1 and time.monotonic() - self._link.listening_since < ttl:
             # Back after losing the broker: peers heard what we missed, so they take our old
             # partitions (free a whole round); we claim again once they had the time.
             free = []
@@ -88,16 +106,17 @@ class Ownership:
             if len(mine) >= share and partition not in orphans:
                 continue
             started = time.monotonic()
-            if await r.leases.claim(partition):
-                r.table.lease(partition)
+            if await self._leases.claim(partition):
+                self._table.lease(partition)
                 await self.take_over(partition, started + ttl - margin)
                 mine.add(partition)
         if not free:
             for partition in sorted(mine, reverse=True)[: max(len(mine) - share, 0)]:
-                if partition != r.in_flight:  # checked right before: shed does not yield first
+                # Checked right before: shed does not yield first.
+                if partition != self._routing.in_flight:
                     await self.shed(partition)
-        if not r.ready.is_set() and r.connected:
-            r.ready.set()
+        if not self._ready.is_set() and self._link.connected:
+            self._ready.set()
 
     async def shed(self, partition: int) -> None:
         """Hand ``partition`` over: stop routing it, checkpoint, release its lease.
@@ -106,12 +125,11 @@ class Ownership:
         checkpoint covers everything this communicator sent; the next owner
         replays what came after it from its own buffer.
         """
-        r = self._router
-        prints = r.table.release(partition)  # from here on, its messages are held, not routed
-        r.cache.forget(partition)
+        prints = self._table.release(partition)  # from here on, its messages are held, not routed
+        self._cache.forget(partition)
         if prints:
-            await r.leases.save_checkpoints([(partition, prints)])
-        await r.leases.release([partition])
+            await self._leases.save_checkpoints([(partition, prints)])
+        await self._leases.release([partition])
         logger.info("handed partition %d over (more than our share)", partition)
 
     async def shed_all(self) -> int:
@@ -120,26 +138,24 @@ class Ownership:
         Only between messages: at shutdown, or from the MQTT loop itself when its
         connection dropped. If Redis fails meanwhile, the leases lapse in ``lease_ttl``.
         """
-        r = self._router
-        owned = r.table.leased()
-        prints = [(partition, r.table.release(partition)) for partition in owned]
+        owned = self._table.leased()
+        prints = [(partition, self._table.release(partition)) for partition in owned]
         for partition in owned:
-            r.cache.forget(partition)
+            self._cache.forget(partition)
         with contextlib.suppress(RedisError, OSError):
-            await r.leases.save_checkpoints([(p, fp) for p, fp in prints if fp])
-            await r.leases.release(owned)
+            await self._leases.save_checkpoints([(p, fp) for p, fp in prints if fp])
+            await self._leases.release(owned)
         return len(owned)
 
     async def take_over(self, partition: int, deadline: float) -> None:
         """Own ``partition``: load its cache, replay its buffer after the last checkpoint."""
-        r = self._router
-        await r.cache.load(partition)
-        checkpoint = await r.leases.checkpoint(partition)
-        r.table.skip_to(partition, checkpoint[1] if checkpoint else None)
+        await self._cache.load(partition)
+        checkpoint = await self._leases.checkpoint(partition)
+        self._table.skip_to(partition, checkpoint[1] if checkpoint else None)
         replayed = await self._replay(partition, deadline)
         if replayed:
             logger.info("took partition %d over; replayed %d messages", partition, replayed)
-        await r.deliver_cached()
+        await self._cached.deliver_cached()
 
     async def resume(self, partition: int, deadline: float) -> None:
         """Route ``partition`` on after a renewal: first what was held while the lease lapsed.
@@ -162,29 +178,23 @@ class Ownership:
         order is kept. If ``deadline`` passes first, the rest waits for the next
         renewal (routing past it could race a new owner).
         """
-        r = self._router
         replayed = 0
         while time.monotonic() < deadline:
-            received = r.table.next_held(partition)
+            received = self._table.next_held(partition)
             if received is None:
-                r.table.extend(partition, deadline)  # no await since the buffer was found empty
+                self._table.extend(partition, deadline)  # no await since the buffer was found empty
                 break
-            r.in_flight = partition
-            try:
-                await r.route(partition, received)
-            finally:
-                r.in_flight = None
+            await self._routing.route(partition, received)
             replayed += 1
         return replayed
 
     async def checkpoint_loop(self) -> None:
         """Record our progress in each partition we route, every ``checkpoint_every`` seconds."""
-        r = self._router
         while True:
-            await asyncio.sleep(r.config.checkpoint_every)
-            items = list(r.table.checkpoints())
+            await asyncio.sleep(self._checkpoint_every)
+            items = list(self._table.checkpoints())
             try:
-                await r.leases.save_checkpoints(items)
+                await self._leases.save_checkpoints(items)
             except (RedisError, OSError) as exc:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc

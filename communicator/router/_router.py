@@ -3,8 +3,11 @@
 One ``Router`` is one communicator process. It subscribes to every instance's
 ``in`` topic, routes the senders of the partitions it leases (see
 :mod:`communicator.router._partitions`), and keeps its in-memory directory current
-from the change announcements in Redis. The communicator's own commands
-(REGISTER, FAILURE …) are handled in :mod:`communicator.router._control`.
+from the change announcements in Redis. This module only builds the
+collaborators, each with the narrow ports it uses (:mod:`communicator.router._ports`),
+and runs the broker connection and the background loops: a message is routed by
+:mod:`communicator.router._dispatch`, the communicator's own commands are handled in
+:mod:`communicator.router._control`.
 """
 
 from __future__ import annotations
@@ -13,78 +16,67 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator._errors import MessageError
 from communicator.backends._backoff import backoff_delay, being_cancelled
 from communicator.backends._keys import Keys
-from communicator.backends._link import BrokerLink, LinkError
+from communicator.backends._link import LinkError
 from communicator.backends._logs import Throttled
-from communicator.backends._mqtt import broker_address, tls_context
 from communicator.backends._settings import Settings
 from communicator.backends._topics import Topics
 from communicator.registry._measures import Measurements
 from communicator.registry._passwords import PasswordStore
 from communicator.registry._plans import PlanStore
 from communicator.registry._registry import Registry
-from communicator.router._cache import Cached, MessageCache
-from communicator.router._control import NOT_REGISTERED, Control
-from communicator.router._directory import Directory, Instance, Verdict
+from communicator.router._cache import MessageCache
+from communicator.router._config import RouterConfig
+from communicator.router._control import Control
+from communicator.router._delivery import Delivery
+from communicator.router._directory import Directory
+from communicator.router._directory_sync import DirectorySync
+from communicator.router._dispatch import Dispatcher
+from communicator.router._housekeeping import Housekeeping
+from communicator.router._identity import Probes
+from communicator.router._intake import Intake
 from communicator.router._leases import Leases
+from communicator.router._outcomes import Outcomes
 from communicator.router._ownership import Ownership
-from communicator.router._partitions import PartitionTable, Received, fingerprint
+from communicator.router._partitions import PartitionTable
+from communicator.router._ports import Connect, Link, Stats
+from communicator.router._registration import Registration
 from communicator.router._requests import Requests
-from communicator.router._shadow import Shadow, is_shadow_reply
+from communicator.router._session import BrokerSession, broker_connector
+from communicator.router._shadow import Shadow
 from communicator.router._tracking import OutcomeTracker
-from communicator.wire._codec import decode, encode
+from communicator.router._watches import HandoffSeal, Watches
 from communicator.wire._definitions import MessageDefinitions
-from communicator.wire._message import ALL_SERVERS, Message
 from communicator.wire._services import ServiceDefinition
-from communicator.wire._validators import global_parameter_problems, parse_duration
+
+__all__ = ["Router", "RouterConfig"]
 
 logger = logging.getLogger(__name__)
 
-#: Messages routed in a row before the other tasks get a turn. Routing a message
-#: rarely waits, so a flood would otherwise starve the lease renewals until the
-#: partitions lapse.
-YIELD_EVERY = 64
-
-
-def _correlation(message: Message) -> dict[str, str]:
-    """``in_reply_to`` for an answer from the router to a request, so the requester can match it."""
-    message_id = message.parameters.get("message_id")
-    return {"in_reply_to": message_id} if message_id is not None else {}
-
-
-@dataclass(frozen=True, slots=True)
-class RouterConfig:
-    """Tuning of one communicator; the defaults are what docs/protocol.md promises."""
-
-    partitions: int = 32
-    lease_ttl: float = 2.0
-    renew_every: float = 0.5
-    checkpoint_every: float = 0.1
-    buffer_seconds: float = 10.0
-    buffer_size: int = 20_000
-    cache_size: int = 1000
-    default_ttl: float = 60.0
-    request_timeout: float = 30.0
-    flush_every: float = 0.2
-    strict: bool = False
-    #: Shortest request timeout counted against a version with no service definition.
-    min_timeout: float = 0.1
-    #: Whether REGISTER may come without a password when the service has none set.
-    passwordless_ok: bool = True
+#: The counters of :attr:`Router.stats`.
+STATS = ("routed", "invalid", "unknown", "cached", "cache_dropped", "retained")
 
 
 class Router:
-    """One communicator: routing, registration and outcome recording."""
+    """One communicator: routing, registration and outcome recording.
+
+    Args:
+        settings: Where Redis and the broker are, and the names of keys and topics.
+        redis: The Redis client (the registry, the leases, the cache).
+        definitions: The message definitions (default: the built-in ones).
+        services: Service definitions by name.
+        config: Tuning (see :class:`RouterConfig`).
+        router_id: Its client id at the broker (default: made from host, pid and chance).
+        connect: Opens the broker connection for a client id (default: MQTT to the
+            broker of ``settings``); ``MemoryBroker().connect`` runs it with no broker.
+    """
 
     def __init__(
         self,
@@ -95,6 +87,7 @@ class Router:
         services: Mapping[str, ServiceDefinition] | None = None,
         config: RouterConfig | None = None,
         router_id: str | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self.settings = settings
         self.config = config or RouterConfig()
@@ -123,55 +116,193 @@ class Router:
         self.cache = MessageCache(redis=redis, keys=self.keys, size=self.config.cache_size)
         self.tracker = OutcomeTracker()
         self.log = Throttled(logger)  # for lines a client's flood could multiply
-        self.control = Control(self)
-        self.ownership = Ownership(self)
-        self.shadow = Shadow(self)
-        self.requests = Requests(self)
+        self.stats: Stats = Stats(dict.fromkeys(STATS, 0))
         self.ready = asyncio.Event()  # set once connected and holding its share of partitions
-        self._link: BrokerLink | None = None
-        self._in_prefix = self.topics.inbound("")
-        self._track_prefix = self.topics.tracking(0)[:-1]
+        self.session = BrokerSession(
+            topics=self.topics, server_name=settings.server_name, log=self.log
+        )
+        self._connect = connect
         self._stopping = asyncio.Event()
-        self.connections = 0  # broker connections made so far (a will checks it did not change)
-        self.listening = False  # subscribed: every instance's messages reach us
-        self.listening_since = 0.0  # monotonic time of the last subscription
-        self.in_flight: int | None = None  # the partition of the message being routed
-        self.stats: dict[str, int] = {
-            "routed": 0,
-            "invalid": 0,
-            "unknown": 0,
-            "cached": 0,
-            "cache_dropped": 0,
-            "retained": 0,  # retained messages ignored and cleared
-        }
+        self._build_routing()
+        self._build_control()
+        self.ownership = Ownership(
+            table=self.table,
+            leases=self.leases,
+            cache=self.cache,
+            routing=self.dispatcher,
+            cached=self.delivery,
+            link=self.session,
+            ready=self.ready,
+            lease_ttl=self.config.lease_ttl,
+            renew_every=self.config.renew_every,
+            checkpoint_every=self.config.checkpoint_every,
+        )
+        self.intake = Intake(
+            topics=self.topics,
+            table=self.table,
+            routing=self.dispatcher,
+            handoffs=self.requests,
+            probes=self.probes,
+            stats=self.stats,
+            log=self.log,
+        )
+        self.housekeeping = Housekeeping(
+            tracker=self.tracker,
+            registry=self.registry,
+            measurements=self.measurements,
+            outcomes=self.outcomes,
+            shadow_copies=self.shadow.housekeeping,
+            held_replies=self.requests.expire,
+            cached_messages=self.delivery.expire_cached,
+            log=self.log,
+            every=self.config.flush_every,
+        )
+
+    def _build_routing(self) -> None:
+        """Outcomes, shadow traffic, request watches and delivery: what routing a message uses."""
+        config, session = self.config, self.session
+        self.outcomes = Outcomes(registry=self.registry, directory=self.directory)
+        self.shadow = Shadow(
+            directory=self.directory,
+            publisher=session,
+            tracker=self.tracker,
+            outcomes=self.outcomes,
+            redis=self.redis,
+            keys=self.keys,
+            router_id=self.router_id,
+            request_timeout=config.request_timeout,
+        )
+        self.seal = HandoffSeal(redis=self.redis, key=self.keys.router_secret())
+        self.watches = Watches(
+            tracker=self.tracker,
+            partitions=self.table,
+            publisher=session,
+            seal=self.seal,
+            topics=self.topics,
+            service_definitions=self.service_definitions,
+            request_timeout=config.request_timeout,
+            min_timeout=config.min_timeout,
+        )
+        self.delivery = Delivery(
+            publisher=session,
+            directory=self.directory,
+            cache=self.cache,
+            partitions=self.table,
+            watcher=self.watches,
+            mirrors=self.shadow,
+            stats=self.stats,
+            default_ttl=config.default_ttl,
+        )
+        self.requests = Requests(
+            tracker=self.tracker,
+            partitions=self.table,
+            senders=self.directory,
+            publisher=session,
+            outcomes=self.outcomes,
+            observer=self.shadow,
+            by_address=self.delivery,
+            seal=self.seal,
+            watches=self.watches,
+            stats=self.stats,
+            log=self.log,
+        )
+
+    def _build_control(self) -> None:
+        """The directory's sync with Redis, registration, the control commands, the dispatcher."""
+        session = self.session
+        self.sync = DirectorySync(
+            directory=self.directory,
+            registry=self.registry,
+            plans=self.plans,
+            service_definitions=self.service_definitions,
+            cached=self.delivery,
+            redis=self.redis,
+            keys=self.keys,
+            router_id=self.router_id,
+        )
+        self.probes = Probes(publisher=session)
+        registration = Registration(
+            publisher=session,
+            directory=self.directory,
+            registry=self.registry,
+            passwords=self.passwords,
+            service_definitions=self.service_definitions,
+            passwordless_ok=self.config.passwordless_ok,
+            server_name=self.settings.server_name,
+            announcer=self.sync,
+            cached=self.delivery,
+            outcomes=self.outcomes,
+            link=session,
+            probes=self.probes,
+        )
+        self.control = Control(
+            publisher=session,
+            definitions=self.definitions,
+            registrar=registration,
+            senders=self.directory,
+            outcomes=self.outcomes,
+            registry=self.registry,
+            service_definitions=self.service_definitions,
+            busy=self.shadow,
+            log=self.log,
+        )
+        self.dispatcher = Dispatcher(
+            table=self.table,
+            senders=self.directory,
+            control=self.control,
+            mirrors=self.shadow,
+            replies=self.requests,
+            delivery=self.delivery,
+            publisher=session,
+            definitions=self.definitions,
+            strict=self.config.strict,
+            stats=self.stats,
+            log=self.log,
+        )
+
+    @property
+    def connected(self) -> bool:
+        """Whether the router is connected to the broker now."""
+        return self.session.connected
+
+    @property
+    def listening(self) -> bool:
+        """Subscribed: every instance's messages reach this router."""
+        return self.session.listening
+
+    @property
+    def connections(self) -> int:
+        """Broker connections made so far."""
+        return self.session.connections
+
+    @property
+    def in_flight(self) -> int | None:
+        """The partition of the message being routed now, if any."""
+        return self.dispatcher.in_flight
+
+    @property
+    def _link(self) -> Link | None:
+        """The broker connection in use (``None`` while reconnecting)."""
+        return self.session.link
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Route until :meth:`stop` is called (or the task is cancelled), then hand over cleanly."""
-        await self.control.load_directory()
-        await self.requests.load_secret()
+        await self.sync.load_directory()
+        await self.seal.load()
         try:
             async with asyncio.TaskGroup() as tasks:
                 mqtt = tasks.create_task(self._mqtt_loop(), name="router-mqtt")
                 background = [
                     tasks.create_task(self.ownership.lease_loop(), name="router-leases"),
                     tasks.create_task(self.ownership.checkpoint_loop(), name="router-checkpoints"),
-                    tasks.create_task(self.control.change_feed(), name="router-changes"),
-                    tasks.create_task(self._housekeeping_loop(), name="router-housekeeping"),
+                    tasks.create_task(self.sync.change_feed(), name="router-changes"),
+                    tasks.create_task(self.housekeeping.loop(), name="router-housekeeping"),
                 ]
                 await self._stopping.wait()
-                self._link = None  # stop publishing; closing the link sends what is queued
-                # Libraries sometimes turn a cancellation into their own error, which a
-                # loop then handles: cancel again until every task has ended.
-                tasks_left = [mqtt, *background]
-                for _ in range(100):
-                    for task in tasks_left:
-                        task.cancel()
-                    await asyncio.wait(tasks_left, timeout=0.1)
-                    tasks_left = [task for task in tasks_left if not task.done()]
-                    if not tasks_left:
-                        break
+                self.session.detach()  # stop publishing; closing the link sends what is queued
+                await _cancel_all([mqtt, *background])
         finally:
             await self._hand_over()
 
@@ -183,51 +314,31 @@ class Router:
         released = await self.ownership.shed_all()
         with contextlib.suppress(RedisError, OSError):
             await self.leases.leave()
-            await self._flush()
+            await self.housekeeping.flush()
         logger.info("router %s stopped; released %d partitions", self.router_id, released)
 
-    # -- MQTT ---------------------------------------------------------------------------------
+    # -- the broker ---------------------------------------------------------------------------
 
     async def _mqtt_loop(self) -> None:
-        address = broker_address(self.settings)
-        tls = await asyncio.to_thread(tls_context, self.settings) if address.tls else None
+        connect = self._connect or await broker_connector(self.settings)
         attempt = 0
         while True:
             try:
-                # A clean session: a dead communicator's messages are replayed by its peers
-                # (docs/protocol.md §7), not queued by the broker for an id that never returns.
-                link = await BrokerLink.open(
-                    address.host,
-                    address.port,
-                    client_id=self.router_id,
-                    username=address.username,
-                    password=address.password,
-                    tls=tls,
-                    timeout=self.settings.connect_timeout,
-                )
-                routed = 0
+                link = await connect(self.router_id)
                 async with link:
-                    self._link = link
-                    self.connections += 1
+                    self.session.attach(link)
                     await link.subscribe(
                         [(self.topics.inbound_all(), 0), (self.topics.tracking_all(), 0)]
                     )
-                    self.listening, self.listening_since = True, time.monotonic()
+                    self.session.subscribed()
                     attempt = 0
                     logger.info("router %s connected to the broker", self.router_id)
-                    async for message in link:
-                        if message.retain:
-                            self._retained(link, message.topic, message.payload)
-                            continue
-                        await self._on_mqtt(message.topic, message.payload)
-                        routed += 1
-                        if routed % YIELD_EVERY == 0:
-                            await asyncio.sleep(0)  # let renewals run during a flood
+                    await self.intake.read(link)
             except (LinkError, OSError) as exc:
-                self.listening = False
+                self.session.listening = False
                 if being_cancelled() or self._stopping.is_set():
                     raise asyncio.CancelledError from exc
-                self._link = None
+                self.session.detach()
                 # Peers still connected heard what we are missing now: let them route it.
                 if released := await self.ownership.shed_all():
                     logger.warning("handed %d partitions over while reconnecting", released)
@@ -239,316 +350,18 @@ class Router:
                 )
                 await asyncio.sleep(delay)
 
-    def _retained(self, link: BrokerLink, topic: str, payload: bytes) -> None:
-        """Ignore a retained message, and clear it: it would count again at every restart.
 
-        Messages are events, not state: a retained FAILURE, say, would be
-        recorded anew each time a communicator subscribes.
-        """
-        if not payload:
-            return  # our own clearing, or one of a peer
-        self.stats["retained"] += 1
-        link.publish(topic, b"", retain=True)
-        self.log.warning(
-            "retained",
-            "retained message on %s ignored and cleared (publish with retain off)",
-            topic,
-        )
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` until every one has ended.
 
-    async def _on_mqtt(self, topic: str, payload: bytes) -> None:
-        if not topic.startswith(self._in_prefix):
-            number = topic[len(self._track_prefix) :]
-            valid = topic.startswith(self._track_prefix) and number.isascii() and number.isdigit()
-            if valid and int(number) < self.table.count:
-                await self.requests.take(int(number), payload)
-            return
-        client_id = topic[len(self._in_prefix) :]
-        if not client_id:
-            self.stats["invalid"] += 1  # nobody to answer: out/ would reach every snooper
-            return
-        if self.control.probes:
-            self.control.heard(client_id)
-        received = Received(client_id, payload, fingerprint(client_id, payload), time.monotonic())
-        partition = self.table.partition(client_id)
-        if self.table.owns(partition, received.at):
-            self.in_flight = partition  # Ownership.shed never gives away a message mid-route
-            try:
-                await self.route(partition, received)
-            finally:
-                self.in_flight = None
-        else:
-            self.table.hold(partition, received)
-
-    async def publish(self, client_id: str, message: Message) -> None:
-        """Send ``message`` to the instance behind ``client_id`` (dropped if disconnected)."""
-        link = self._link
-        if link is None or not link.publish(self.topics.outbound(client_id), encode(message)):
-            self.log.warning(
-                "dropped", "not connected; dropped %s for %s", message.command, client_id
-            )
-
-    def publish_raw(self, topic: str, payload: bytes) -> bool:
-        """Publish bytes on any topic (QoS 0); False when not connected."""
-        link = self._link
-        return link is not None and link.publish(topic, payload)
-
-    @property
-    def connected(self) -> bool:
-        """Whether the router is connected to the broker now."""
-        return self._link is not None and self._link.connected
-
-    async def reply(self, client_id: str, command: str, /, **parameters: str) -> None:
-        """Send a message from the communicator itself to ``client_id``."""
-        await self.publish(
-            client_id,
-            Message.model_construct(
-                command=command,
-                server="",
-                service="",
-                sent_from_server=self.settings.server_name,
-                sent_from_service="communicator",
-                parameters=parameters,
-            ),
-        )
-
-    # -- routing ------------------------------------------------------------------------------
-
-    async def route(self, partition: int, received: Received) -> None:
-        """Route one message of a partition we own (or are taking over)."""
-        try:
-            message = decode(received.payload)
-        except MessageError as exc:
-            self.stats["invalid"] += 1
-            self.log.info("undecodable", "unreadable message from %s: %s", received.client_id, exc)
-            await self.reply(received.client_id, "INVALID", reason=str(exc))
-        else:
-            try:
-                await self.dispatch(partition, received.client_id, message)
-            except (RedisError, OSError) as exc:  # Redis away: routing goes on, bookkeeping waits
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                self.log.warning("redis", "Redis error while handling %s: %s", message.command, exc)
-            except Exception:  # a bug must cost one message, never the daemon
-                logger.exception("failed to route %s from %s", message.command, received.client_id)
-        self.table.routed(partition, received)
-
-    async def dispatch(self, partition: int, client_id: str, message: Message) -> None:
-        """Route one decoded message from ``client_id``."""
-        if not message.service and message.server != ALL_SERVERS:
-            await self.control.handle(client_id, message)
-            return
-        sender = self.directory.sender(client_id)
-        if sender is None:
-            await self.reply(
-                client_id,
-                "INVALID",
-                command=message.command,
-                reason=NOT_REGISTERED,
-                **_correlation(message),
-            )
-            return
-        message = message.model_copy(
-            update={"sent_from_server": sender.server, "sent_from_service": sender.service}
-        )
-        # Strict: the whole message against its definition; else the globals we act on.
-        if self.config.strict:
-            problems = self.definitions.validate(message)
-        else:
-            problems = global_parameter_problems(message)
-        if problems:
-            self.stats["invalid"] += 1
-            reason = "\n".join(str(p) for p in problems)
-            await self.reply(
-                client_id,
-                "INVALID",
-                command=message.command,
-                reason=reason,
-                **_correlation(message),
-            )
-            return
-        in_reply_to = message.parameters.get("in_reply_to")
-        if in_reply_to is not None and is_shadow_reply(in_reply_to):
-            await self.shadow.on_reply(sender, in_reply_to, message)  # never delivered
-            return
-        if in_reply_to is not None and await self.requests.on_reply(
-            partition, sender, in_reply_to, message
-        ):
-            return
-        await self.route_by_address(partition, sender, message)
-
-    async def route_by_address(self, partition: int, sender: Instance, message: Message) -> None:
-        """Route by the message's address: broadcast, or one instance (cached if none is up)."""
-        if message.is_broadcast:
-            await self._broadcast(sender, message)
-            return
-        if self.cache.waiting(partition, sender.client_id, message.service):
-            await self._cache(partition, sender.client_id, message)  # queue behind its elders
-            return
-        await self._unicast(partition, sender, message)
-
-    async def _unicast(self, partition: int, sender: Instance, message: Message) -> bool:
-        sticky_name = self.directory.sticky_parameter(message.service)
-        sticky = message.parameters.get(sticky_name) if sticky_name else None
-        target = self.directory.pick(
-            message.service, message.command, server=message.server, sticky=sticky
-        )
-        if target is Verdict.UNKNOWN:
-            self.stats["unknown"] += 1
-            await self.reply(
-                sender.client_id, "UNKNOWN", command=message.command, **_correlation(message)
-            )
-            return True
-        if target is Verdict.UNAVAILABLE:
-            await self._cache(partition, sender.client_id, message)
-            return False
-        await self.deliver(target, message, requester=sender.client_id)
-        await self.shadow.mirror(sender, message, target)
-        return True
-
-    async def deliver(self, target: Instance, message: Message, *, requester: str) -> None:
-        """Send to one chosen instance and start watching the outcome."""
-        await self.publish(target.client_id, message)
-        self.stats["routed"] += 1
-        self.requests.watch(target, message, requester=requester)
-
-    async def _broadcast(self, sender: Instance, message: Message) -> None:
-        service, server = message.service, message.server
-        if service in ("*", "?", "."):
-            targets = self.directory.every(
-                message.command,
-                server=sender.server
-                if service == "."
-                else (server if server not in ("", "*") else None),
-                zone=sender.zone if service == "?" else None,
-                exclude=sender.client_id,
-            )
-        else:  # *:service
-            targets = self.directory.every(
-                message.command, service=service, exclude=sender.client_id
-            )
-            if (
-                not targets
-                and not self.directory.knows_command(service, message.command)
-                and self.directory.instances(service)
-            ):
-                await self.reply(
-                    sender.client_id,
-                    "UNKNOWN",
-                    command=message.command,
-                    **_correlation(message),
-                )
-                return
-        for target in targets:
-            await self.publish(target.client_id, message)
-        self.stats["routed"] += len(targets)
-
-    # -- cache --------------------------------------------------------------------------------
-
-    async def _cache(self, partition: int, client_id: str, message: Message) -> None:
-        report = message.parameters.get("transmission_report") == "failure"
-        if message.parameters.get("cache") == "no":
-            if report:
-                await self._report(client_id, message, "failed", "no instance, and cache=no")
-            else:
-                await self.reply(
-                    client_id,
-                    "SERVICE_UNAVAILABLE",
-                    destination_service=message.service,
-                    command=message.command,
-                )
-            return
-        ttl = self.config.default_ttl
-        if "ttl" in message.parameters:
-            with contextlib.suppress(ValueError):
-                ttl = parse_duration(message.parameters["ttl"])
-        pushed_out = await self.cache.add(
-            partition, MessageCache.new(client_id, message, ttl, report=report)
-        )
-        self.stats["cached"] += 1
-        self.stats["cache_dropped"] += len(pushed_out)
-        if report:
-            await self._report(client_id, message, "cached", "")
-        for item in pushed_out:
-            if item.report:
-                await self._report(
-                    item.sender, item.message, "failed", "pushed out of the full cache"
-                )
-
-    async def _report(self, client_id: str, message: Message, status: str, reason: str) -> None:
-        destination = f"{message.server}:{message.service}" if message.server else message.service
-        parameters = {"status": status, "command": message.command, "destination": destination}
-        if reason:
-            parameters["reason"] = reason
-        await self.reply(client_id, "TRANSMISSION_REPORT", **parameters)
-
-    async def deliver_cached(self, service: str | None = None) -> None:
-        """Deliver what waits in the cache (for ``service``, or all) and can now be routed."""
-        for partition in self.cache.partitions():
-            if not self.table.owns(partition):
-                continue
-            done: list[Cached] = []
-            blocked: set[tuple[str, str]] = set()
-            for item in self.cache.entries(partition):
-                key = (item.sender, item.message.service)
-                if (service is not None and item.message.service != service) or key in blocked:
-                    continue
-                sender = self.directory.sender(item.sender)
-                if sender is None:  # the sender left; deliver on its behalf all the same
-                    sender = Instance(
-                        item.message.sent_from_service,
-                        item.sender,
-                        item.message.sent_from_server,
-                        "",
-                        "",
-                        item.sender,
-                        frozenset(),
-                    )
-                if await self._unicast(partition, sender, item.message):
-                    done.append(item)
-                else:
-                    blocked.add(key)
-            await self.cache.remove(partition, done)
-
-    # -- background loops ---------------------------------------------------------------------
-
-    async def _housekeeping_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.flush_every)
-            self.log.flush()
-            try:
-                await self._flush()
-                await self.shadow.housekeeping()
-                await self.requests.expire()
-                for pending in self.tracker.timed_out():
-                    await self.control.record(
-                        pending.service,
-                        pending.version,
-                        "timeout",
-                        reason="no reply in time",
-                        instance=pending.instance,
-                        server=pending.server,
-                        reporter=pending.requester,
-                    )
-                expired: dict[int, list[Cached]] = {}
-                for partition, item in self.cache.expired():
-                    expired.setdefault(partition, []).append(item)
-                for partition, items in expired.items():
-                    await self.cache.remove(partition, items)
-                    for item in items:
-                        if item.report:
-                            await self._report(item.sender, item.message, "failed", "ttl passed")
-            except (RedisError, OSError) as exc:
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                logger.warning("housekeeping postponed: %s", exc)
-
-    async def _flush(self) -> None:
-        successes, latencies = self.tracker.take_successes()
-        if not successes:
-            return
-        try:
-            await self.registry.record_successes(successes)
-        except (RedisError, OSError):
-            self.tracker.restore(successes)  # latencies are samples: losing some is fine
-            raise
-        await self.measurements.record_latencies(latencies)
+    Libraries sometimes turn a cancellation into their own error, which a loop
+    then handles: so cancel again, up to a hundred times.
+    """
+    left = tasks
+    for _ in range(100):
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=0.1)
+        left = [task for task in left if not task.done()]
+        if not left:
+            break

@@ -27,16 +27,18 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from redis.asyncio import Redis
+
+from communicator.backends._keys import Keys
 from communicator.registry._plans import Mirror
-from communicator.router._directory import Instance
+from communicator.router._directory import Directory, Instance
+from communicator.router._ports import OutcomeRecorder, Publisher
 from communicator.router._shadow_compare import COUNTS, OUTCOMES, Comparison, summarize
+from communicator.router._tracking import OutcomeTracker
 from communicator.wire._message import Message
 from communicator.wire._validators import parse_duration
-
-if TYPE_CHECKING:
-    from communicator.router._router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +107,26 @@ class _MirrorState:
 class Shadow:
     """The router's shadow traffic: mirrors, busy instances, copies in flight, comparisons."""
 
-    def __init__(self, router: Router) -> None:
-        self._router = router
+    def __init__(
+        self,
+        *,
+        directory: Directory,
+        publisher: Publisher,
+        tracker: OutcomeTracker,
+        outcomes: OutcomeRecorder,
+        redis: Redis,
+        keys: Keys,
+        router_id: str,
+        request_timeout: float,
+    ) -> None:
+        self._directory = directory
+        self._publisher = publisher
+        self._tracker = tracker
+        self._outcomes = outcomes
+        self._redis = redis
+        self._keys = keys
+        self._router_id = router_id
+        self._request_timeout = request_timeout
         self._mirrors: dict[MirrorKey, _MirrorState] = {}
         self._flights: dict[str, _Flight] = {}
         self._triples: dict[tuple[str, str], _Triple] = {}
@@ -120,7 +140,7 @@ class Shadow:
 
     async def mirror(self, sender: Instance, message: Message, primary: Instance) -> None:
         """Copy a message just delivered to ``primary`` to the service's mirrors, if any."""
-        mirrors = self._router.directory.plan(message.service).mirrors
+        mirrors = self._directory.plan(message.service).mirrors
         for mirror in mirrors:
             if mirror.percent >= 100 or self._rng.random() * 100 < mirror.percent:
                 await self._copy(mirror, sender, message, primary)
@@ -136,8 +156,7 @@ class Shadow:
             state = self._mirrors[key] = _MirrorState(mirror.started_at, inflight=inflight)
         self._dirty.add(key)
         state.counts["candidates"] += 1
-        router = self._router
-        directory = router.directory
+        directory = self._directory
         if directory.is_invalid(*key):
             state.counts["failed"] += 1
             return
@@ -164,10 +183,10 @@ class Shadow:
         target = free[state.cursor % len(free)]
         original_id = message.parameters.get("message_id")
         if original_id is None:  # one-way: nothing comes back, nothing stays in flight
-            await router.publish(target.client_id, message)
+            await self._publisher.publish(target.client_id, message)
             state.counts["sent"] += 1
             state.outcomes["one_way"] += 1
-            router.tracker.delivered(*key)
+            self._tracker.delivered(*key)
             return
         deadline = now + self._timeout(message)
         triple = None
@@ -200,12 +219,12 @@ class Shadow:
             state = self._mirrors[key]
             state.inflight += 1
             state.peak_inflight = max(state.peak_inflight, state.inflight)
-        await self._router.publish(target.client_id, copy)
+        await self._publisher.publish(target.client_id, copy)
 
     def _second_primary(self, message: Message, primary: Instance) -> Instance | None:
         others = [
             i
-            for i in self._router.directory.instances(message.service)
+            for i in self._directory.instances(message.service)
             if i.version == primary.version
             and i.client_id != primary.client_id
             and message.command in i.commands
@@ -213,7 +232,7 @@ class Shadow:
         return self._rng.choice(others) if others else None
 
     def _timeout(self, message: Message) -> float:
-        timeout = self._router.config.request_timeout
+        timeout = self._request_timeout
         if "timeout" in message.parameters:
             with contextlib.suppress(ValueError):
                 timeout = parse_duration(message.parameters["timeout"])
@@ -269,10 +288,9 @@ class Shadow:
         state = self._mirrors[flight.key]
         state.inflight -= 1
         self._dirty.add(flight.key)
-        router = self._router
         if message.command == "ERROR":
             state.outcomes["error_reply"] += 1
-            await router.control.record(
+            await self._outcomes.record(
                 *flight.key,
                 "error_reply",
                 reason=message.parameters.get("reason", ""),
@@ -281,8 +299,8 @@ class Shadow:
             )
         else:
             state.outcomes["replied"] += 1
-            router.tracker.successes[flight.key] += 1
-            router.tracker.latencies.setdefault(flight.key, []).append(
+            self._tracker.successes[flight.key] += 1
+            self._tracker.latencies.setdefault(flight.key, []).append(
                 time.monotonic() - flight.sent
             )
         if triple is not None:
@@ -323,7 +341,7 @@ class Shadow:
             state.inflight -= 1
             state.outcomes["timeout"] += 1
             self._dirty.add(flight.key)
-            await self._router.control.record(
+            await self._outcomes.record(
                 *flight.key,
                 "timeout",
                 reason="no reply to a shadow copy in time",
@@ -343,13 +361,12 @@ class Shadow:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
-        router = self._router
         try:
-            async with router.redis.pipeline(transaction=False) as pipe:
+            async with self._redis.pipeline(transaction=False) as pipe:
                 for key in dirty:
                     pipe.hset(
-                        router.keys.shadow_report(key[0]),
-                        f"{key[1]}|{router.router_id}",
+                        self._keys.shadow_report(key[0]),
+                        f"{key[1]}|{self._router_id}",
                         json.dumps(self.data(key)),
                     )
                     self._announce_drops(pipe, key)
@@ -382,7 +399,7 @@ class Shadow:
             "counts": dict(counts),
             "time": time.time(),
         }
-        pipe.publish(self._router.keys.events(), json.dumps(event))
+        pipe.publish(self._keys.events(), json.dumps(event))
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -392,7 +409,7 @@ class Shadow:
         return {
             "service": key[0],
             "version": key[1],
-            "router": self._router.router_id,
+            "router": self._router_id,
             "session": state.session,
             "counts": {name: state.counts[name] for name in COUNTS},
             "outcomes": {name: state.outcomes[name] for name in OUTCOMES},

@@ -14,8 +14,9 @@ from redis.asyncio import Redis
 
 from communicator._errors import BackendError, ConfigError
 from communicator.backends._broker import EmbeddedBroker, write_password_file
+from communicator.backends._embedded_redis import EmbeddedRedis
 from communicator.backends._mqtt import mqtt_client, wait_for_broker
-from communicator.backends._redis import EmbeddedRedis, connect_redis, redis_backend
+from communicator.backends._redis import connect_redis, redis_backend
 from communicator.backends._settings import Settings
 from tests.conftest import answers, free_port
 
