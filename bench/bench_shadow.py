@@ -55,7 +55,7 @@ from bench._harness import (
 )
 from communicator import Mirror, PlanStore, Pool, RoutePlan
 from communicator.backends import Topics, text
-from communicator.router import merge
+from strategies import shadow_report
 
 RATE = float(os.environ.get("DEPLOYCTL_BENCH_SHADOW_RATE", "2000"))
 SECONDS = 4.0  # per setup and round
@@ -269,7 +269,7 @@ async def reports(ns: Namespace, redis: Any) -> dict[str, dict[str, Any]]:
     for value in raw.values():
         data = json.loads(text(value))
         by_version.setdefault(data["version"], []).append(data)
-    return {version: merge(items) for version, items in sorted(by_version.items())}
+    return {version: shadow_report(items) for version, items in sorted(by_version.items())}
 
 
 async def main() -> int:

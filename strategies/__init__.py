@@ -11,6 +11,7 @@ from strategies._flag_rollout import (
 )
 from strategies._fleet import Fleet, fleet_of
 from strategies._protocols import MetricSource, Strategy
+from strategies._shadow import ShadowPolicy, shadow_report
 
 __all__ = [
     "MIN_OUTCOMES",
@@ -20,8 +21,10 @@ __all__ = [
     "Fleet",
     "MetricSource",
     "ServiceReading",
+    "ShadowPolicy",
     "Strategy",
     "failure_rate",
     "fleet_of",
     "on_off_variants",
+    "shadow_report",
 ]

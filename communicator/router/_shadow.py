@@ -35,7 +35,7 @@ from communicator.backends._keys import Keys
 from communicator.registry._plans import Mirror
 from communicator.router._directory import Directory, Instance
 from communicator.router._ports import OutcomeRecorder, Publisher
-from communicator.router._shadow_compare import COUNTS, OUTCOMES, Comparison, summarize
+from communicator.router._shadow_compare import COUNTS, OUTCOMES, Comparison
 from communicator.router._tracking import OutcomeTracker
 from communicator.wire._message import Message
 from communicator.wire._validators import parse_duration
@@ -418,20 +418,6 @@ class Shadow:
             "comparison": state.comparison.data(),
             "updated_at": time.time(),
         }
-
-    def report(self, service: str, version: str) -> dict[str, Any]:
-        """Counts, drop rates and differences of one mirror, as seen by this communicator."""
-        state = self._mirrors.get((service, version), _MirrorState())
-        comparison = state.comparison
-        return summarize(
-            {name: state.counts[name] for name in COUNTS},
-            {name: state.outcomes[name] for name in OUTCOMES},
-            state.inflight,
-            comparison.compared,
-            comparison.incomplete,
-            comparison.fields,
-            list(comparison.examples),
-        )
 
     def inflight(self, service: str, version: str) -> int:
         """Copies to a mirror waiting for their reply."""

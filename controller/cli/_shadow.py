@@ -19,9 +19,9 @@ from rich.table import Table
 
 from communicator import Mirror, PlanStore, Pool, RoutePlan, with_mirror
 from communicator.backends import text
-from communicator.router import merge
 from controller.cli._output import JSON_OPTION, Exit, console, emit, fail
 from controller.cli._registry import RegistryAccess, with_registry
+from strategies import shadow_report
 
 shadow_app = typer.Typer(
     help="Shadow traffic: copies of live messages to a version that answers nobody.",
@@ -53,7 +53,7 @@ async def read_reports(access: RegistryAccess, service: str) -> dict[str, dict[s
     for version, parts in sorted(by_version.items()):
         latest = max(part.get("session") or 0.0 for part in parts)
         current = [p for p in parts if (p.get("session") or 0.0) == latest]
-        reports[version] = {**merge(current), "since": latest or None}
+        reports[version] = {**shadow_report(current), "since": latest or None}
     return reports
 
 

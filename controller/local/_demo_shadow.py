@@ -42,9 +42,9 @@ from communicator import (
     with_mirror,
 )
 from communicator.backends import text
-from communicator.router import merge
 from controller.local._demo import demo_settings
 from controller.local._up import Stack
+from strategies import shadow_report
 
 SERVICE = "shop"
 STABLE, SHADOW = "1.0", "2.0"
@@ -124,7 +124,7 @@ async def read_report(redis: Redis, keys: Keys) -> dict[str, Any] | None:
     raw = await redis.hgetall(keys.shadow_report(SERVICE))
     reports = [json.loads(text(value)) for value in raw.values()]
     mine = [r for r in reports if r.get("version") == SHADOW]
-    return merge(mine) if mine else None
+    return shadow_report(mine) if mine else None
 
 
 def _view(report: dict[str, Any] | None, elapsed: float, orders: int) -> Group:

@@ -12,9 +12,16 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Mirror, PlanStore, Pool, RoutePlan, Router
+from strategies import shadow_report
 from tests.communicator.conftest import Start
 
 pytestmark = pytest.mark.integration
+
+
+def mirror_report(router: Router, service: str, version: str) -> dict[str, Any]:
+    """One router's report of a mirror, as the shadow strategy judges it."""
+    return shadow_report([router.shadow.data((service, version))])
+
 
 WAIT = 10.0
 
@@ -64,7 +71,7 @@ async def test_copies_reach_the_shadow_and_its_replies_reach_nobody(
     await front.send("orders/PLACE oneway=yes")  # one-way: copied, nothing in flight
     await shadow.expect("received", lambda e: "oneway" in e["message"]["parameters"])
     report = await until(
-        lambda: (r := router.shadow.report("orders", "2"))["outcomes"]["replied"] == 5 and r,
+        lambda: (r := mirror_report(router, "orders", "2"))["outcomes"]["replied"] == 5 and r,
         "five shadow replies",
     )
     assert report["counts"] == {
@@ -93,7 +100,7 @@ async def test_a_stalled_shadow_drops_copies_and_never_slows_the_primary(
         started = time.monotonic()
         assert (await front.request("orders/PLACE", timeout=3))["event"] == "reply"
         assert time.monotonic() - started < 1.0
-    counts = router.shadow.report("orders", "2")["counts"]
+    counts = mirror_report(router, "orders", "2")["counts"]
     assert counts == {
         "candidates": 10,
         "sent": 2,
@@ -121,7 +128,7 @@ async def test_busy_shadow_gets_no_copies_until_free_again(start: Start, router:
     assert (await front.request("orders/PLACE last=1"))["event"] == "reply"
     await shadow.expect("received", lambda e: "last" in e["message"]["parameters"])
     assert shadow.received("PLACE") == [shadow.received("PLACE")[-1]]
-    counts = router.shadow.report("orders", "2")["counts"]
+    counts = mirror_report(router, "orders", "2")["counts"]
     assert counts["dropped_busy"] == 3
     assert counts["sent"] == 1
     assert adds_up(counts)
@@ -139,12 +146,12 @@ async def test_accounting_adds_up_exactly_under_overload(
     await use_plan(router, "orders", mirrored(Mirror(version="2", max_inflight=4)))
     await front.order(load="orders/PLACE", rate=150)
     await until(
-        lambda: router.shadow.report("orders", "2")["counts"]["candidates"] >= 200,
+        lambda: mirror_report(router, "orders", "2")["counts"]["candidates"] >= 200,
         "200 candidate copies",
     )
     await front.order(stop_load=True)
     tally = await front.expect("load_stopped")
-    counts = router.shadow.report("orders", "2")["counts"]
+    counts = mirror_report(router, "orders", "2")["counts"]
     assert adds_up(counts), counts
     assert counts["dropped_bound"] > counts["sent"] > 0
     assert counts["failed"] == counts["dropped_busy"] == 0
@@ -173,7 +180,7 @@ async def test_comparison_reports_real_differences_above_the_noise(
     for n in range(12):
         assert (await front.request(f"orders/PLACE n={n}"))["event"] == "reply"
     report = await until(
-        lambda: (r := router.shadow.report("orders", "2"))["compared"] == 12 and r,
+        lambda: (r := mirror_report(router, "orders", "2"))["compared"] == 12 and r,
         "twelve comparisons",
     )
     assert set(report["differences"]) == {"parameters.tag"}
@@ -207,9 +214,9 @@ async def test_shadow_failures_count_against_the_shadow_version_only(
     while await kinds() != {("2", "error_reply"), ("3", "timeout")}:
         assert time.monotonic() < deadline, await kinds()
         await asyncio.sleep(0.05)
-    assert router.shadow.report("orders", "2")["outcomes"]["error_reply"] == 2
+    assert mirror_report(router, "orders", "2")["outcomes"]["error_reply"] == 2
     await until(
-        lambda: router.shadow.report("orders", "3")["outcomes"]["timeout"] == 2, "two timeouts"
+        lambda: mirror_report(router, "orders", "3")["outcomes"]["timeout"] == 2, "two timeouts"
     )
     deadline = time.monotonic() + WAIT
     while (await router.measurements.totals("orders", "1")).since(before).get("success") != 2:
