@@ -8,7 +8,7 @@ version invalidations (events): those make a communicator re-read the service.
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Mapping
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator.backends._backoff import backoff_delay, being_cancelled
+from communicator.backends._backoff import keep_trying
 from communicator.backends._keys import Keys
 from communicator.registry._plans import PlanStore
 from communicator.registry._registry import InstanceInfo, Registry
@@ -127,23 +127,19 @@ class DirectorySync:
 
     async def change_feed(self) -> None:
         """Apply registry changes and invalidations announced by any communicator or strategy."""
-        attempt = 0
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._keys.changes(), self._keys.events())
-                    if attempt:
-                        await self.load_directory()  # we may have missed changes
-                    attempt = 0
-                    async for item in pubsub.listen():
-                        if item["type"] == "message":
-                            await self._on_change(item["channel"], item["data"])
-            except (RedisError, OSError) as exc:
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                attempt += 1
-                logger.warning("lost the change feed (%s); resubscribing", exc)
-                await asyncio.sleep(backoff_delay(attempt))
+        attempts = itertools.count()
+
+        async def follow() -> None:
+            again = next(attempts) > 0
+            async with self._redis.pubsub() as pubsub:
+                await pubsub.subscribe(self._keys.changes(), self._keys.events())
+                if again:
+                    await self.load_directory()  # we may have missed changes
+                async for item in pubsub.listen():
+                    if item["type"] == "message":
+                        await self._on_change(item["channel"], item["data"])
+
+        await keep_trying(follow, what="change feed (resubscribing)", transient=_redis_down)
 
     async def _on_change(self, channel: bytes, data: bytes) -> None:
         if channel.decode() == self._keys.events():
@@ -156,3 +152,7 @@ class DirectorySync:
                 await self.refresh(event["service"])
             return
         await self.apply(data.decode())
+
+
+def _redis_down(exc: BaseException) -> bool:
+    return isinstance(exc, RedisError | OSError)

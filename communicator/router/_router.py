@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from communicator.backends._backoff import backoff_delay, being_cancelled
+from communicator.backends._backoff import being_cancelled, keep_trying
 from communicator.backends._keys import Keys
 from communicator.backends._link import LinkError
 from communicator.backends._logs import Throttled
@@ -321,8 +321,8 @@ class Router:
 
     async def _mqtt_loop(self) -> None:
         connect = self._connect or await broker_connector(self.settings)
-        attempt = 0
-        while True:
+
+        async def connection() -> None:
             try:
                 link = await connect(self.router_id)
                 async with link:
@@ -331,24 +331,27 @@ class Router:
                         [(self.topics.inbound_all(), 0), (self.topics.tracking_all(), 0)]
                     )
                     self.session.subscribed()
-                    attempt = 0
                     logger.info("router %s connected to the broker", self.router_id)
                     await self.intake.read(link)
             except (LinkError, OSError) as exc:
-                self.session.listening = False
-                if being_cancelled() or self._stopping.is_set():
-                    raise asyncio.CancelledError from exc
-                self.session.detach()
-                # Peers still connected heard what we are missing now: let them route it.
-                if released := await self.ownership.shed_all():
-                    logger.warning("handed %d partitions over while reconnecting", released)
-                attempt += 1
-                delay = backoff_delay(attempt)
-                hint = f"; {exc.fix}" if isinstance(exc, LinkError) and exc.fix else ""
-                logger.warning(
-                    "broker connection lost (%s)%s; reconnecting in %.2fs", exc, hint, delay
-                )
-                await asyncio.sleep(delay)
+                await self._disconnected(exc)
+                raise
+
+        await keep_trying(
+            connection, what=f"router {self.router_id}: broker connection", transient=_link_down
+        )
+
+    async def _disconnected(self, exc: LinkError | OSError) -> None:
+        """Stop listening; hand our partitions over while we reconnect (unless we stop)."""
+        self.session.listening = False
+        if being_cancelled() or self._stopping.is_set():
+            raise asyncio.CancelledError from exc
+        self.session.detach()
+        # Peers still connected heard what we are missing now: let them route it.
+        if released := await self.ownership.shed_all():
+            logger.warning("handed %d partitions over while reconnecting", released)
+        if isinstance(exc, LinkError) and exc.fix:
+            logger.warning("broker connection lost: %s", exc.fix)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
@@ -365,3 +368,7 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
         left = [task for task in left if not task.done()]
         if not left:
             break
+
+
+def _link_down(exc: BaseException) -> bool:
+    return isinstance(exc, LinkError | OSError)
