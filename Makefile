@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest --cov --cov-report=
 
 lint: setup
 	$(BIN)/ruff check .
