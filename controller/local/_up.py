@@ -25,6 +25,7 @@ from communicator import (
     connect_redis,
     wait_for_broker,
 )
+from communicator.router import reporting_health
 from controller.engine._controller import Controller
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class Stack:
             asyncio.create_task(self.router.run(), name="up-router"),
             asyncio.create_task(self.controller.run(), name="up-controller"),
         ]
+        # Withdrawn before the tasks stop (the exit stack unwinds in reverse).
+        await self._exit.enter_async_context(reporting_health(self.router))
         ready = asyncio.create_task(self.router.ready.wait())
         done, _ = await asyncio.wait(
             {ready, *self._tasks}, timeout=15, return_when=asyncio.FIRST_COMPLETED

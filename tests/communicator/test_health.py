@@ -20,7 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from communicator import Keys, Settings
-from communicator.router._daemon import health_record, read_health, report_health
+from communicator.router._health import health_record, read_health, report_health
 from tests.communicator.fleet import ROOT, environment, running_router
 from tests.conftest import eventually, free_port
 

@@ -94,3 +94,24 @@ async def test_the_cli_finds_up_from_another_folder(
     code, _, err = await deployctl(env, elsewhere, "up")
     assert code == 1
     assert "already runs" in err
+
+
+async def test_up_reports_its_communicator_and_its_controller_healthy(
+    up: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    """The communicator and the controller `deployctl up` runs in-process write health records."""
+    env, _ = up
+
+    async def communicator_reported() -> bool:
+        code, _, _ = await deployctl(env, tmp_path, "communicator", "run", "--check")
+        return code == 0
+
+    async def controller_leads() -> bool:
+        code, _, _ = await deployctl(env, tmp_path, "controller", "--check")
+        return code == 0
+
+    await eventually(communicator_reported, "communicatord --check passing", timeout=30)
+    await eventually(controller_leads, "deployctl controller --check passing", timeout=30)
+    code, out, err = await deployctl(env, tmp_path, "communicator", "run", "--check", "--json")
+    assert code == 0, err
+    assert "router_id" in out
