@@ -32,6 +32,7 @@ from communicator.registry._measures import Measurements
 from communicator.registry._passwords import PasswordStore
 from communicator.registry._plans import PlanStore
 from communicator.registry._registry import Registry
+from communicator.router._busy import BusyBoard
 from communicator.router._cache import MessageCache
 from communicator.router._config import RouterConfig
 from communicator.router._control import Control
@@ -162,8 +163,10 @@ class Router:
         """Outcomes, shadow traffic, request watches and delivery: what routing a message uses."""
         config, session = self.config, self.session
         self.outcomes = Outcomes(registry=self.registry, directory=self.directory)
+        self.busy = BusyBoard()
         self.shadow = Shadow(
             directory=self.directory,
+            busy=self.busy,
             publisher=session,
             tracker=self.tracker,
             outcomes=self.outcomes,
@@ -243,7 +246,7 @@ class Router:
             outcomes=self.outcomes,
             registry=self.registry,
             service_definitions=self.service_definitions,
-            busy=self.shadow,
+            busy=self.busy,
             log=self.log,
         )
         self.dispatcher = Dispatcher(

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 
 from communicator.backends._keys import Keys
 from communicator.registry._plans import Mirror
+from communicator.router._busy import BusyBoard
 from communicator.router._directory import Directory, Instance
 from communicator.router._ports import OutcomeRecorder, Publisher
 from communicator.router._shadow_compare import COUNTS, OUTCOMES, Comparison
@@ -49,9 +50,6 @@ DROP_ALERT_MINIMUM = 20
 #: ``message_id`` prefixes of the copies; replies to them are the shadow's, never delivered.
 SHADOW_PREFIX = "~shadow."
 NOISE_PREFIX = "~noise."
-#: How long an instance that says BUSY without ``for`` counts as busy.
-DEFAULT_BUSY = 30.0
-_TRUE = frozenset({"true", "yes", "on", "1"})
 
 MirrorKey = tuple[str, str]  # (service, shadow version)
 
@@ -105,7 +103,10 @@ class _MirrorState:
 
 
 class Shadow:
-    """The router's shadow traffic: mirrors, busy instances, copies in flight, comparisons."""
+    """The router's shadow traffic: mirrors, copies in flight, comparisons.
+
+    Copies skip the instances ``busy`` says are busy (``BUSY`` messages).
+    """
 
     def __init__(
         self,
@@ -118,6 +119,7 @@ class Shadow:
         keys: Keys,
         router_id: str,
         request_timeout: float,
+        busy: BusyBoard,
     ) -> None:
         self._directory = directory
         self._publisher = publisher
@@ -130,7 +132,7 @@ class Shadow:
         self._mirrors: dict[MirrorKey, _MirrorState] = {}
         self._flights: dict[str, _Flight] = {}
         self._triples: dict[tuple[str, str], _Triple] = {}
-        self._busy: dict[str, float] = {}  # client id -> monotonic time it is free again
+        self._busy = busy
         self._ids = itertools.count(1)
         self._dirty: set[MirrorKey] = set()
         self._dropping: set[MirrorKey] = set()  # mirrors announced as dropping most copies
@@ -172,7 +174,7 @@ class Shadow:
             state.counts["failed"] += 1
             return
         now = time.monotonic()
-        free = [t for t in targets if not self._is_busy(t.client_id, now)]
+        free = [t for t in targets if not self._busy.is_busy(t.client_id, now)]
         if not free:
             state.counts["dropped_busy"] += 1
             return
@@ -237,37 +239,6 @@ class Shadow:
             with contextlib.suppress(ValueError):
                 timeout = parse_duration(message.parameters["timeout"])
         return timeout
-
-    # -- busy -----------------------------------------------------------------------------
-
-    def set_busy(self, client_id: str, busy: bool, seconds: float | None = None) -> None:
-        """An instance says it is busy (for ``seconds``, default 30) or free again."""
-        if busy:
-            self._busy[client_id] = time.monotonic() + (
-                DEFAULT_BUSY if seconds is None else seconds
-            )
-        else:
-            self._busy.pop(client_id, None)
-
-    async def on_busy(self, sender: Instance, message: Message) -> None:
-        """Apply a ``BUSY`` message from a registered instance."""
-        p = message.parameters
-        seconds = parse_duration(p["for"]) if "for" in p else None
-        self.set_busy(sender.client_id, p.get("busy", "true").lower() in _TRUE, seconds)
-
-    def busy(self) -> list[str]:
-        """The client ids of the instances busy now."""
-        now = time.monotonic()
-        return sorted(c for c in list(self._busy) if self._is_busy(c, now))
-
-    def _is_busy(self, client_id: str, now: float) -> bool:
-        until = self._busy.get(client_id)
-        if until is None:
-            return False
-        if until <= now:
-            del self._busy[client_id]
-            return False
-        return True
 
     # -- replies --------------------------------------------------------------------------
 

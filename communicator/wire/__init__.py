@@ -17,7 +17,6 @@ from communicator.wire._definitions import (
     MessageDefinitions,
     Override,
     ParameterDefinition,
-    Problem,
 )
 from communicator.wire._docs import render_definitions, replace_generated
 from communicator.wire._message import Message
@@ -26,7 +25,7 @@ from communicator.wire._services import (
     load_service_definition,
     load_service_definitions,
 )
-from communicator.wire._validators import Validator, parse_duration, parse_timestamp
+from communicator.wire._validators import Problem, Validator, parse_duration, parse_timestamp
 from communicator.wire._yaml import line_of, parse_yaml
 
 __all__ = [

@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from communicator._errors import DefinitionError
 from communicator.wire._message import Message, command_problem, name_problem
-from communicator.wire._validators import StringValidator, Validator
+from communicator.wire._validators import Problem, StringValidator, Validator
 from communicator.wire._yaml import load_yaml_model
 
 logger = logging.getLogger(__name__)
@@ -72,17 +72,6 @@ class GlobalParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     globals: Annotated[dict[str, ParameterDefinition], AfterValidator(_parameter_names)]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a message, as found by :meth:`MessageDefinitions.validate`."""
-
-    reason: str
-    parameter: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.parameter}: {self.reason}" if self.parameter else self.reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
-    from communicator.wire._definitions import Problem
     from communicator.wire._message import Message
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -374,6 +374,17 @@ _GLOBAL_RULES: dict[str, tuple[_Validator, str]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a message, as found by ``MessageDefinitions.validate``."""
+
+    reason: str
+    parameter: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.parameter}: {self.reason}" if self.parameter else self.reason
+
+
 def global_parameter_problems(message: Message) -> list[Problem]:
     """Check the global parameters the communicator acts on, strict mode or not.
 
@@ -381,8 +392,6 @@ def global_parameter_problems(message: Message) -> list[Problem]:
         One problem per bad parameter, naming it and saying what to send instead; empty when
         all are fine or absent. Other parameters are not looked at.
     """
-    from communicator.wire._definitions import Problem  # here: _definitions imports this module
-
     problems: list[Problem] = []
     for name, (rule, instead) in _GLOBAL_RULES.items():
         value = message.parameters.get(name)

@@ -119,12 +119,12 @@ async def test_busy_shadow_gets_no_copies_until_free_again(start: Start, router:
     await use_plan(router, "orders", mirrored(Mirror(version="2")))
     await shadow.order(busy=True, **{"for": "60s"})
     await shadow.expect("sent")
-    await until(lambda: router.shadow.busy() == [shadow.client_id], "the BUSY")
+    await until(lambda: router.busy.busy() == [shadow.client_id], "the BUSY")
     for _ in range(3):
         assert (await front.request("orders/PLACE"))["event"] == "reply"
     await shadow.order(busy=False)
     await shadow.expect("sent")
-    await until(lambda: not router.shadow.busy(), "the end of BUSY")
+    await until(lambda: not router.busy.busy(), "the end of BUSY")
     assert (await front.request("orders/PLACE last=1"))["event"] == "reply"
     await shadow.expect("received", lambda e: "last" in e["message"]["parameters"])
     assert shadow.received("PLACE") == [shadow.received("PLACE")[-1]]
