@@ -6,6 +6,10 @@ invalidation policy applied in the same Lua step that records a failure, so a
 failing version is cut off within milliseconds, by whichever router saw the
 failure that crossed the line. Successes are many and harmless: the router
 batches them (:meth:`Registry.record_successes`), one round trip per batch.
+
+About 420 lines, one class on purpose: ``Registry`` is the one API over one
+key space, every method a thin call of a Lua step or a pipeline; the logic
+lives in ``lua/`` and in ``_outcomes``, ``_history`` and ``_events``.
 """
 
 from __future__ import annotations
