@@ -60,6 +60,14 @@ def health_record(router: Router, *, started: float, uptime: float) -> dict[str,
         "partitions": owned,
         "partitions_total": router.config.partitions,
         "stats": dict(router.stats),
+        "dropped": {
+            # Messages refused for their size, on the current broker connection.
+            "oversized": getattr(router.session.link, "oversized", 0),
+            # Messages pushed out of a held partition's bounded buffer.
+            "held_overflowed": router.table.overflowed,
+            # Request hand-offs refused: unsigned, forged, stale or replayed.
+            "handoffs_refused": router.requests.refused,
+        },
         "interval": router.settings.health_interval,
     }
 

@@ -120,6 +120,7 @@ async def test_a_running_daemon_reports_and_check_shows_it(
     assert record["uptime"] >= 0
     assert record["interval"] == INTERVAL
     assert set(record["stats"]) >= {"routed", "invalid", "unknown", "cached", "cache_dropped"}
+    assert record["dropped"] == {"oversized": 0, "held_overflowed": 0, "handoffs_refused": 0}
 
     text = await run_check(env)
     assert text.code == 0, text.stderr
