@@ -26,9 +26,11 @@ class Fleet:
 
     @property
     def shares(self) -> dict[str, float]:
-        """Each version's share of the traffic (0-1), as the router applies the plan."""
-        serving = {v: n for v, n in self.live.items() if v not in self.plan_mirrors}
-        return traffic_shares(self.plan, serving)
+        """Each version's share of ordinary traffic (0-1), as the router applies the plan.
+
+        Mirrors and the preview color get none (``RoutePlan.primary_excluded``).
+        """
+        return traffic_shares(self.plan, self.live)
 
     @property
     def plan_mirrors(self) -> frozenset[str]:

@@ -61,6 +61,8 @@ class RoutePlan(BaseModel):
     """Blue-green: color name -> version."""
     active_color: str | None = None
     """Blue-green: when set, all traffic goes to this color's version (pools are ignored)."""
+    preview_color: str | None = None
+    """Blue-green: the color only preview traffic (``preview=yes``) reaches, never the rest."""
     sticky: Annotated[str | None, AfterValidator(_parameter_name)] = None
     """Parameter whose value keeps one user on one version (hashed, stable)."""
     mirrors: list[Mirror] = Field(default_factory=list)
@@ -76,10 +78,30 @@ class RoutePlan(BaseModel):
                 f"active_color {self.active_color!r} is not one of the colors "
                 f"({', '.join(self.colors) or 'none defined'})"
             )
+        if self.preview_color is not None:
+            if self.active_color is None or self.preview_color not in self.colors:
+                raise ValueError(
+                    f"preview_color {self.preview_color!r} needs an active_color, and must be "
+                    f"one of the colors ({', '.join(self.colors) or 'none defined'})"
+                )
+            if self.colors[self.preview_color] == self.colors[self.active_color]:
+                raise ValueError("the preview color and the active color run the same version")
         versions = [pool.version for pool in self.pools]
         if len(versions) != len(set(versions)):
             raise ValueError("a version appears in two pools; merge them")
         return self
+
+    @property
+    def preview_version(self) -> str | None:
+        """The version of the preview color, if there is one."""
+        return self.colors[self.preview_color] if self.preview_color is not None else None
+
+    def primary_excluded(self) -> frozenset[str]:
+        """Versions ordinary traffic never reaches: mirrors (copies only) and the preview."""
+        excluded = {mirror.version for mirror in self.mirrors}
+        if self.preview_version is not None:
+            excluded.add(self.preview_version)
+        return frozenset(excluded)
 
     def effective_pools(self) -> list[Pool]:
         """The pools that apply: the active color's version alone, or the weighted pools."""
@@ -91,27 +113,43 @@ class RoutePlan(BaseModel):
 DEFAULT_PLAN = RoutePlan()
 
 
-def routed_weights(plan: RoutePlan, live: Mapping[str, int]) -> list[tuple[str, int]]:
+def routed_weights(
+    plan: RoutePlan, live: Mapping[str, int], *, preview: bool = False
+) -> list[tuple[str, int]]:
     """The weights the router applies, given the versions that can take the traffic now.
 
-    ``live`` maps each version with at least one live, valid, non-shadow
-    instance to its number of instances. The plan's pools whose version is
-    live keep their weights; a pool with nothing live drops out and the others
-    share its traffic (renormalised). When none of the plan's pools is live,
-    every live version gets traffic in proportion to its instances.
+    ``live`` maps each version with at least one live, valid instance to its
+    number of instances. Ordinary traffic never reaches a version the plan
+    excludes (a mirror's, the preview color's). The plan's pools whose version
+    is live keep their weights; a pool with nothing live drops out and the
+    others share its traffic (renormalised). When none of the plan's pools is
+    live, a weighted plan lets every other live version take the traffic in
+    proportion to its instances, while a blue-green plan sends it nowhere: its
+    messages wait (cached) for the active color, they never go to another.
+
+    Preview traffic (``preview``) goes to the preview color's version alone,
+    or nowhere while it has no live instance; with no preview color it is
+    ordinary traffic.
 
     This one function is what the router routes by and what ``deployctl``
     shows as the effective weights, so the two cannot disagree.
     """
-    pools = [(p.version, p.weight) for p in plan.effective_pools() if live.get(p.version, 0) > 0]
-    if pools:
+    if preview and plan.preview_version is not None:
+        version = plan.preview_version
+        return [(version, 1)] if live.get(version, 0) > 0 else []
+    excluded = plan.primary_excluded()
+    serving = {v: n for v, n in live.items() if n > 0 and v not in excluded}
+    pools = [(p.version, p.weight) for p in plan.effective_pools() if p.version in serving]
+    if pools or plan.active_color is not None:
         return pools
-    return [(version, count) for version, count in sorted(live.items()) if count > 0]
+    return sorted(serving.items())
 
 
-def traffic_shares(plan: RoutePlan, live: Mapping[str, int]) -> dict[str, float]:
+def traffic_shares(
+    plan: RoutePlan, live: Mapping[str, int], *, preview: bool = False
+) -> dict[str, float]:
     """Each version's share of the traffic (0-1, summing to 1) under ``plan``; empty if none."""
-    weights = routed_weights(plan, live)
+    weights = routed_weights(plan, live, preview=preview)
     total = sum(weight for _, weight in weights)
     return {version: weight / total for version, weight in weights} if total else {}
 

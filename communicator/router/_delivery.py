@@ -63,7 +63,11 @@ class Delivery:
         sticky_name = directory.sticky_parameter(message.service)
         sticky = message.parameters.get(sticky_name) if sticky_name else None
         target = directory.pick(
-            message.service, message.command, server=message.server, sticky=sticky
+            message.service,
+            message.command,
+            server=message.server,
+            sticky=sticky,
+            preview=message.parameters.get("preview") == "yes",
         )
         if target is Verdict.UNKNOWN:
             self._stats["unknown"] += 1

@@ -77,7 +77,7 @@ class Directory:
         self._rng = rng or random.Random()
         self._services: dict[str, _Service] = {}
         self._by_client: dict[str, Instance] = {}
-        self._choices: dict[tuple[str, str, str], _Choice | Verdict] = {}
+        self._choices: dict[tuple[str, str, str, bool], _Choice | Verdict] = {}
         self._serial = 0  # local changes so far
         self._journal: deque[_Change] = deque(maxlen=JOURNAL_SIZE)
 
@@ -203,13 +203,23 @@ class Directory:
     # -- decisions ----------------------------------------------------------------------------
 
     def pick(
-        self, service: str, command: str, *, server: str = "", sticky: str | None = None
+        self,
+        service: str,
+        command: str,
+        *,
+        server: str = "",
+        sticky: str | None = None,
+        preview: bool = False,
     ) -> Instance | Verdict:
-        """Choose the instance of ``service`` (on ``server`` if given) to receive ``command``."""
-        key = (service, command, server)
+        """Choose the instance of ``service`` (on ``server`` if given) to receive ``command``.
+
+        ``preview`` marks preview traffic (``preview=yes``): it reaches the plan's
+        preview color alone; every other message never does.
+        """
+        key = (service, command, server, preview)
         choice = self._choices.get(key)
         if choice is None:
-            choice = self._choices[key] = self._prepare(service, command, server)
+            choice = self._choices[key] = self._prepare(service, command, server, preview)
         if isinstance(choice, Verdict):
             return choice
         return choice.pick(self._rng, sticky)
@@ -219,20 +229,20 @@ class Directory:
         entry = self._services.get(service)
         return entry.plan.sticky if entry else None
 
-    def _prepare(self, service: str, command: str, server: str) -> _Choice | Verdict:
+    def _prepare(
+        self, service: str, command: str, server: str, preview: bool
+    ) -> _Choice | Verdict:
         entry = self._services.get(service)
         if entry is None:
             return Verdict.UNAVAILABLE
         known = bool(entry.instances or entry.defined_commands)
         if known and not self.knows_command(service, command):
             return Verdict.UNKNOWN
-        shadows = {mirror.version for mirror in entry.plan.mirrors}  # copies only, never primary
         candidates = [
             i
             for i in entry.instances.values()
             if command in i.commands
             and i.version not in entry.invalid_versions
-            and i.version not in shadows
             and (not server or i.server == server)
         ]
         if not candidates:
@@ -241,7 +251,9 @@ class Directory:
         for instance in sorted(candidates, key=lambda i: i.client_id):
             by_version[instance.version].append(instance)
         live = {version: len(members) for version, members in by_version.items()}
-        pools = routed_weights(entry.plan, live)
+        pools = routed_weights(entry.plan, live, preview=preview)
+        if not pools:
+            return Verdict.UNAVAILABLE
         return _Choice([(weight, by_version[version]) for version, weight in pools])
 
     def every(

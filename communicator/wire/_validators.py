@@ -351,6 +351,10 @@ MAX_ID_LENGTH = 128
 #: ``in_reply_to`` is only bounded: it carries back whatever id the request had, ours included.
 _GLOBAL_RULES: dict[str, tuple[_Validator, str]] = {
     "cache": (EnumValidator(values=["yes", "no"]), "send cache=yes or cache=no"),
+    "preview": (
+        EnumValidator(values=["yes", "no"]),
+        "send preview=yes to reach the preview color, or leave preview out",
+    ),
     "ttl": (
         DurationValidator(min=0, max=86400),
         "send a duration from 0s to 1d, like ttl=60s, or leave ttl out for the default",
