@@ -1,5 +1,6 @@
 """Strategies: turn a rollout's intent into route plans, policies and flags (DESIGN §2, §7)."""
 
+from strategies._bluegreen import BlueGreenStrategy
 from strategies._canary import CanaryStrategy
 from strategies._flag_rollout import (
     MIN_OUTCOMES,
@@ -15,6 +16,7 @@ from strategies._shadow import ShadowPolicy, shadow_report
 
 __all__ = [
     "MIN_OUTCOMES",
+    "BlueGreenStrategy",
     "CanaryStrategy",
     "FlagRollout",
     "FlagRolloutError",

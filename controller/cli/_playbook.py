@@ -39,6 +39,12 @@ def _summary(playbook: Playbook, source: str) -> dict[str, Any]:
         "strategy": playbook.strategy,
         "source": source,
         "steps": [step.describe() for step in playbook.steps],
+        "then": (
+            f"then the old color stays registered {playbook.scale_down_delay:g}s "
+            "(instant rollback) and retires"
+            if playbook.strategy == "bluegreen"
+            else "then promote: the canary becomes the stable version"
+        ),
         "rollback": playbook.rollback.describe(),
         "playbook": playbook.model_dump(mode="json"),
     }
@@ -52,7 +58,7 @@ def _render(summary: dict[str, Any], *, rollback: bool = True) -> None:
     console.print(summary["description"].strip(), markup=False)
     for number, step in enumerate(summary["steps"], 1):
         console.print(f"  {number:>2}. {step}", markup=False)
-    console.print("      then promote: the canary becomes the stable version", style="dim")
+    console.print(f"      {summary['then']}", style="dim", markup=False)
     if rollback:
         console.print("rollback:")
         for line in summary["rollback"]:

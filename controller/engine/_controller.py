@@ -43,7 +43,7 @@ from controller.engine._flag_runs import FlagRunEngine, FlagRunStore
 from controller.engine._keys import ControllerKeys
 from controller.engine._rollout import RolloutStore
 from flags import FlagKeys, FlagPublisher, FlagStore
-from strategies import CanaryStrategy, FlagRollout
+from strategies import BlueGreenStrategy, CanaryStrategy, FlagRollout
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ class Controller:
         registry = Registry(redis=redis, keys=communicator_keys)
         measurements = Measurements(redis=redis, keys=communicator_keys)
         self.store = RolloutStore(redis=redis, keys=self.keys)
+        plans = PlanStore(redis=redis, keys=communicator_keys)
         self.engine = RolloutEngine(
             store=self.store,
-            strategy=CanaryStrategy(
-                plans=PlanStore(redis=redis, keys=communicator_keys), registry=registry
-            ),
+            strategy=CanaryStrategy(plans=plans, registry=registry),
+            strategies=[BlueGreenStrategy(plans=plans, registry=registry)],
             measurements=measurements,
         )
         self.flag_runs = FlagRunEngine(

@@ -34,7 +34,8 @@ class RolloutEngine:
 
     Args:
         store: Where rollouts and their history live.
-        strategy: Turns steps into route plans and policies.
+        strategy: Turns steps into route plans and policies (the canary strategy).
+        strategies: The others, by the ``strategy`` their playbooks name (``bluegreen``).
         measurements: Outcome totals and reply times, for analysis and latency limits.
         clock: The time, in epoch seconds (tests pass a fake one).
     """
@@ -44,21 +45,31 @@ class RolloutEngine:
         *,
         store: RolloutStore,
         strategy: Strategy,
+        strategies: Sequence[Strategy] = (),
         measurements: MetricSource,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._strategy = strategy
+        self._strategies = {s.kind: s for s in (strategy, *strategies)}
         self._measurements = measurements
         self._clock = clock
         self._steps = StepRunner(
-            strategy=strategy,
+            strategy_for=self._strategy_for,
             measurements=measurements,
             transition=self._transition,
             abort=self._abort,
         )
         self._latency_checked: dict[str, float] = {}  # rollout id -> when
         self._stable_missing: dict[str, bool] = {}  # rollout id -> last announced
+
+    def _strategy_for(self, rollout: Rollout) -> Strategy:
+        """The strategy the rollout's playbook names."""
+        kind = str(rollout.playbook.get("strategy", "canary"))
+        try:
+            return self._strategies[kind]
+        except KeyError:
+            known = ", ".join(sorted(self._strategies))
+            raise ValueError(f"no {kind} strategy in this controller (it has {known})") from None
 
     async def advance(self, rollout: Rollout, requests: Sequence[Request] = ()) -> None:
         """Do what is due for ``rollout`` now (answering every request), and save it."""
@@ -150,13 +161,21 @@ class RolloutEngine:
         """Say so in history when the stable has no live instance (the canary takes its share)."""
         if rollout.weight >= 100:
             return
-        fleet = await self._strategy.fleet(rollout.service)
+        fleet = await self._strategy_for(rollout).fleet(rollout.service)
         missing = rollout.stable not in fleet.live
         if missing == self._stable_missing.get(rollout.id, False):
             return
         self._stable_missing[rollout.id] = missing
         shares = {v: round(share * 100, 1) for v, share in fleet.shares.items()}
-        if missing:
+        if missing and fleet.plan.active_color is not None:  # blue-green: no fallback
+            await self._transition(
+                rollout,
+                rollout.phase,
+                f"the active {rollout.stable} has no live instance: its messages wait (cached) "
+                f"for it, none go to {rollout.canary}; start instances of {rollout.stable}",
+                {"effective_weights": shares},
+            )
+        elif missing:
             await self._transition(
                 rollout,
                 rollout.phase,
@@ -177,9 +196,9 @@ class RolloutEngine:
 
     async def _start(self, rollout: Rollout, playbook: Playbook, now: float) -> None:
         policy = playbook.rollback.to_invalidation_policy()
-        await self._strategy.protect(rollout.service, rollout.canary, policy)
+        await self._strategy_for(rollout).protect(rollout.service, rollout.canary, policy)
         # Until the first step says otherwise, the canary gets nothing, even if it is up already.
-        await self._strategy.set_weight(
+        await self._strategy_for(rollout).set_weight(
             rollout.service,
             stable=rollout.stable,
             canary=rollout.canary,
@@ -200,7 +219,7 @@ class RolloutEngine:
 
     async def _rolled_back(self, rollout: Rollout, playbook: Playbook, now: float) -> bool:
         """Check the automatic rollback triggers; roll back and say True if one fired."""
-        invalid, reason, evidence = await self._strategy.canary_invalid(
+        invalid, reason, evidence = await self._strategy_for(rollout).canary_invalid(
             rollout.service, rollout.canary
         )
         if invalid:
@@ -216,7 +235,8 @@ class RolloutEngine:
             await self._abort(rollout, playbook, *slow)
             return True
         deadline = playbook.rollback.progress_deadline
-        if rollout.phase is not Phase.PAUSED and now - rollout.progressed_at > deadline:
+        waiting = rollout.phase in (Phase.PAUSED, Phase.PROMOTING)  # for a person, or a delay
+        if not waiting and now - rollout.progressed_at > deadline:
             await self._abort(
                 rollout,
                 playbook,
@@ -270,11 +290,11 @@ class RolloutEngine:
         await self._end_step(rollout, None)
         self._latency_checked.pop(rollout.id, None)
         self._stable_missing.pop(rollout.id, None)
-        await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
-        fleet = await self._strategy.fleet(rollout.service)
+        await self._strategy_for(rollout).clear_mirror(rollout.service, canary=rollout.canary)
+        fleet = await self._strategy_for(rollout).fleet(rollout.service)
         keep = self._keep_valid(rollout, fleet)
         invalidate = playbook.rollback.invalidate_version and keep is None
-        await self._strategy.rollback(
+        await self._strategy_for(rollout).rollback(
             rollout.service,
             stable=rollout.stable,
             canary=rollout.canary,
@@ -284,7 +304,7 @@ class RolloutEngine:
         )
         if keep is not None and rollout.canary in fleet.barred:
             # Cut off by the communicator, but nothing else can serve: serve on with it.
-            await self._strategy.reinstate(rollout.service, rollout.canary, keep)
+            await self._strategy_for(rollout).reinstate(rollout.service, rollout.canary, keep)
             reason = f"{reason}; {rollout.canary} reinstated: {keep}"
         elif keep is not None and playbook.rollback.invalidate_version:
             reason = f"{reason}; {rollout.canary} left valid: {keep}"
@@ -307,9 +327,13 @@ class RolloutEngine:
         return None
 
     async def _retry(self, rollout: Rollout, request: Request | None = None) -> None:
-        invalid, _, _ = await self._strategy.canary_invalid(rollout.service, rollout.canary)
+        invalid, _, _ = await self._strategy_for(rollout).canary_invalid(
+            rollout.service, rollout.canary
+        )
         if invalid:
-            await self._strategy.reinstate(rollout.service, rollout.canary, "rollout retried")
+            await self._strategy_for(rollout).reinstate(
+                rollout.service, rollout.canary, "rollout retried"
+            )
         rollout.step, rollout.weight, rollout.step_data = 0, 0, _scratch(rollout)
         rollout.retries += 1
         await self._transition(
@@ -319,20 +343,52 @@ class RolloutEngine:
             {"request": request.id} if request else None,
         )
 
-    async def _promote(self, rollout: Rollout) -> None:
-        await self._transition(rollout, Phase.PROMOTING, "every step passed; promoting")
-        await self._strategy.promote(rollout.service, canary=rollout.canary)
+    async def _promote(self, rollout: Rollout, playbook: Playbook, now: float) -> None:
+        if playbook.strategy == "bluegreen" and not await self._scaled_down(rollout, playbook, now):
+            return
+        if rollout.phase is not Phase.PROMOTING:
+            await self._transition(rollout, Phase.PROMOTING, "every step passed; promoting")
+        await self._strategy_for(rollout).promote(rollout.service, canary=rollout.canary)
         rollout.weight = 100
         await self._transition(
             rollout, Phase.SUCCEEDED, f"{rollout.canary} promoted: it gets all traffic now"
         )
+
+    async def _scaled_down(self, rollout: Rollout, playbook: Playbook, now: float) -> bool:
+        """Blue-green: keep the old color registered ``scale_down_delay``, then retire it.
+
+        The failure rules still apply meanwhile (a rollback switches back at
+        once). The ``scale_down`` hook runs at the end; its failure is recorded
+        and retires nothing by itself, but never rolls production back.
+        """
+        data = rollout.step_data
+        if "hold_from" not in data:
+            data["hold_from"] = now
+            await self._transition(
+                rollout,
+                Phase.PROMOTING,
+                f"every step passed; {rollout.stable} stays registered "
+                f"{playbook.scale_down_delay:g}s for an instant rollback, then retires",
+            )
+        if now - data["hold_from"] < playbook.scale_down_delay:
+            return False
+        if playbook.scale_down is None or data.get("scaled_down"):
+            return True
+        result = await self._steps.hook(rollout, playbook, playbook.scale_down)
+        if result is None:
+            return False
+        data["scaled_down"] = True
+        ok = result["returncode"] == 0
+        reason = "scale-down hook succeeded" if ok else f"scale-down hook failed: {result['error']}"
+        await self._transition(rollout, rollout.phase, reason, result)
+        return True
 
     # -- steps --------------------------------------------------------------------------------
 
     async def _run_steps(self, rollout: Rollout, playbook: Playbook, now: float) -> None:
         while rollout.phase.active and rollout.phase is not Phase.PAUSED:
             if rollout.step >= len(playbook.steps):
-                await self._promote(rollout)
+                await self._promote(rollout, playbook, now)
                 return
             step = playbook.steps[rollout.step]
             if not await self._steps.run(rollout, playbook, step, now):

@@ -10,7 +10,7 @@ where the last leader stopped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, assert_never
 
 from communicator import OutcomeKind
@@ -25,6 +25,7 @@ from controller.playbook._steps import (
     PauseStep,
     SetWeightStep,
     Step,
+    SwitchStep,
 )
 from strategies import MetricSource, Strategy
 
@@ -59,7 +60,7 @@ class StepRunner:
     """Does the current step of a rollout; one per engine.
 
     Args:
-        strategy: What a step means for the traffic.
+        strategy_for: What a step means for the traffic: the strategy of a rollout.
         measurements: The numbers analyses judge by.
         transition: Records history.
         abort: Rolls back (an analysis that fails, an exec that fails).
@@ -68,12 +69,12 @@ class StepRunner:
     def __init__(
         self,
         *,
-        strategy: Strategy,
+        strategy_for: Callable[[Rollout], Strategy],
         measurements: MetricSource,
         transition: Transition,
         abort: Abort,
     ) -> None:
-        self._strategy = strategy
+        self._strategy_for = strategy_for
         self._measurements = measurements
         self._transition = transition
         self._abort = abort
@@ -92,6 +93,8 @@ class StepRunner:
                 return await self._exec(rollout, playbook, step)
             case MirrorStep():
                 return await self._mirror(rollout, step, now)
+            case SwitchStep():
+                return await self._switch(rollout, playbook)
             case _:
                 assert_never(step)
 
@@ -101,10 +104,10 @@ class StepRunner:
         if task is not None:
             task.cancel()
         if isinstance(step, MirrorStep) and rollout.step_data.get("mirroring"):
-            await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+            await self._strategy_for(rollout).clear_mirror(rollout.service, canary=rollout.canary)
 
     async def _set_weight(self, rollout: Rollout, playbook: Playbook, step: SetWeightStep) -> bool:
-        await self._strategy.set_weight(
+        await self._strategy_for(rollout).set_weight(
             rollout.service,
             stable=rollout.stable,
             canary=rollout.canary,
@@ -114,6 +117,24 @@ class StepRunner:
         )
         rollout.weight = step.weight
         await self._transition(rollout, rollout.phase, f"weight set to {step.weight}%")
+        return True
+
+    async def _switch(self, rollout: Rollout, playbook: Playbook) -> bool:
+        """Blue-green: every message to the new version; the old stays registered for rollback."""
+        await self._strategy_for(rollout).set_weight(
+            rollout.service,
+            stable=rollout.stable,
+            canary=rollout.canary,
+            weight=100,
+            reason=f"rollout {rollout.id} step {rollout.step + 1}: switch",
+        )
+        rollout.weight = 100
+        await self._transition(
+            rollout,
+            rollout.phase,
+            f"switched: every message goes to {rollout.canary}; {rollout.stable} stays "
+            f"registered for an instant rollback until the rollout ends",
+        )
         return True
 
     async def _pause(self, rollout: Rollout, step: PauseStep, now: float) -> bool:
@@ -200,6 +221,23 @@ class StepRunner:
             latencies=latencies,
         )
 
+    async def hook(
+        self, rollout: Rollout, playbook: Playbook, step: ExecStep
+    ) -> dict[str, Any] | None:
+        """Run ``step`` as a hook (its failure aborts nothing): its result once it ended."""
+        task = self._execs.get(rollout.id)
+        if task is None:
+            variables = _variables(rollout, playbook)
+            self._execs[rollout.id] = asyncio.create_task(
+                run_command(step.render(variables), step.timeout, step.render_env(variables)),
+                name=f"hook-{rollout.id}",
+            )
+            return None
+        if not task.done():
+            return None
+        del self._execs[rollout.id]
+        return task.result()
+
     async def _exec(self, rollout: Rollout, playbook: Playbook, step: ExecStep) -> bool:
         task = self._execs.get(rollout.id)
         if task is None:
@@ -229,7 +267,7 @@ class StepRunner:
         invalidated (and the rollout rolled back) before it serves anyone.
         """
         if not rollout.step_data.get("mirroring"):
-            await self._strategy.set_mirror(
+            await self._strategy_for(rollout).set_mirror(
                 rollout.service,
                 canary=rollout.canary,
                 percent=step.percent,
@@ -246,7 +284,7 @@ class StepRunner:
             return False
         if now - rollout.step_started_at < step.duration:
             return False
-        await self._strategy.clear_mirror(rollout.service, canary=rollout.canary)
+        await self._strategy_for(rollout).clear_mirror(rollout.service, canary=rollout.canary)
         await self._transition(rollout, rollout.phase, "shadow step ended")
         return True
 

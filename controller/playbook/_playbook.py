@@ -45,7 +45,9 @@ from controller.playbook._steps import STEP_KINDS, STEP_TYPES, ExecStep, Step
 PLAYBOOK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 #: The steps each strategy can run; "flag" and "shadow" will bring their own.
 STEPS_BY_STRATEGY: dict[str, frozenset[str]] = {
-    "canary": STEP_KINDS,
+    "canary": STEP_KINDS - {"switch"},
+    # Preview (analysis, pauses, hooks, mirrors), one switch, then post-promotion checks.
+    "bluegreen": frozenset({"analysis", "pause", "exec", "mirror", "switch"}),
     # A feature flag's share: set_weight is the percentage of contexts served "on".
     "flag": frozenset({"set_weight", "pause"}),
 }
@@ -168,8 +170,9 @@ class Playbook(BaseModel):
     """What the playbook is called (``deployctl playbook show NAME``)."""
     description: str = Field(min_length=1)
     """What the rollout does and when to choose this playbook."""
-    strategy: Literal["canary", "flag"] = "canary"
-    """How traffic moves: ``canary`` (weighted pools of stable and canary instances)."""
+    strategy: Literal["canary", "bluegreen", "flag"] = "canary"
+    """How traffic moves: ``canary`` (weighted pools of stable and canary instances),
+    ``bluegreen`` (a preview color, then one switch), ``flag`` (a feature flag's share)."""
     sticky: Annotated[str, AfterValidator(_sticky)] | None = None
     """A message parameter (like ``user_id``) whose value keeps a user on one version."""
     variables: dict[Annotated[str, AfterValidator(_variable)], str] = Field(default_factory=dict)
@@ -178,6 +181,11 @@ class Playbook(BaseModel):
     """What to do, in order; once the last is done the canary becomes the stable version."""
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
     """When to give up and send all traffic back to the stable version."""
+    scale_down_delay: Duration = 30.0
+    """Blue-green: how long the old color stays registered after the switch, for an instant
+    rollback; the rollout succeeds when it ends."""
+    scale_down: ExecStep | None = None
+    """Blue-green: a command run once the scale-down delay ends, to retire the old color."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -191,6 +199,23 @@ class Playbook(BaseModel):
             return handler(data)
         finally:
             known_placeholders.reset(token)
+
+    def _check_bluegreen(self) -> Self:
+        if self.strategy != "bluegreen":
+            defaults = {"scale_down_delay": 30.0, "scale_down": None}
+            given = {name for name, value in defaults.items() if getattr(self, name) != value}
+            if given:
+                raise problem(f"{', '.join(sorted(given))}: only for strategy bluegreen; remove it")
+            return self
+        kinds = [step.kind for step in self.steps]
+        if kinds.count("switch") != 1:
+            raise problem(
+                f"a bluegreen playbook has exactly one `- switch: {{}}` step (found "
+                f"{kinds.count('switch')}): the preview steps before it, the checks after it"
+            )
+        if "mirror" in kinds[kinds.index("switch") :]:
+            raise problem("a mirror step after the switch would copy traffic to the old color")
+        return self
 
     @model_validator(mode="after")
     def _check_steps(self) -> Self:
@@ -207,7 +232,7 @@ class Playbook(BaseModel):
                     for name in placeholders_in(template):
                         if name not in PLACEHOLDERS | known:
                             raise problem(f"step {number}: {unknown_placeholder(name, known)}")
-        return self
+        return self._check_bluegreen()
 
 
 # -- reading and writing ---------------------------------------------------------------------
@@ -293,6 +318,8 @@ def dump_playbook(playbook: Playbook) -> str:
     data = playbook.model_dump(mode="json", exclude_none=True, context={DURATIONS_AS_TEXT: True})
     if not data["variables"]:
         del data["variables"]
+    if playbook.strategy != "bluegreen":
+        data.pop("scale_down_delay", None)  # blue-green's alone
     for step in data["steps"]:
         for kind, body in step.items():
             if (
@@ -362,7 +389,7 @@ def _explain(error: ErrorDetails) -> str:
     if kind == "missing":
         return f"{where}: required: add `{loc[-1]}:` (see docs/playbooks.md)"
     if kind == "literal_error" and loc == ("strategy",):
-        return f"{where}: {error['input']!r} is not supported (yet): write canary"
+        return f"{where}: {error['input']!r} is not a strategy: write canary, bluegreen or flag"
     if kind == "too_short" and loc == ("steps",):
         return f"{where}: a playbook needs at least one step, like `- set_weight: 100`"
     return f"{where}: {error['msg']}"

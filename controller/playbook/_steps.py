@@ -240,8 +240,26 @@ class MirrorStep(_Step):
         return f"mirror {self.percent}% of traffic for {format_duration(self.duration)}{compare}"
 
 
+class SwitchStep(_Step):
+    """Blue-green: every message to the new version, at once: ``- switch: {}``.
+
+    Until this step the new version is the preview color, reached only by
+    ``preview=yes`` traffic; from it on it is the active color, and the old one
+    stays registered (for an instant rollback) until the scale-down delay ends.
+    """
+
+    example: ClassVar[str] = "switch: {}"
+
+    kind: Literal["switch"] = Field(default="switch", exclude=True, repr=False)
+
+    def describe(self) -> str:
+        """The step in words."""
+        return "switch all traffic to the new version"
+
+
 STEP_TYPES: dict[str, type[_Step]] = {
-    cls.kind_name(): cls for cls in (SetWeightStep, PauseStep, AnalysisStep, ExecStep, MirrorStep)
+    cls.kind_name(): cls
+    for cls in (SetWeightStep, PauseStep, AnalysisStep, ExecStep, MirrorStep, SwitchStep)
 }
 #: Every step kind, as written in YAML.
 STEP_KINDS = frozenset(STEP_TYPES)
@@ -300,7 +318,8 @@ Step = Annotated[
     | Annotated[PauseStep, Tag("pause")]
     | Annotated[AnalysisStep, Tag("analysis")]
     | Annotated[ExecStep, Tag("exec")]
-    | Annotated[MirrorStep, Tag("mirror")],
+    | Annotated[MirrorStep, Tag("mirror")]
+    | Annotated[SwitchStep, Tag("switch")],
     Discriminator(_step_tag),
     BeforeValidator(_check_step_shape),
 ]

@@ -271,7 +271,7 @@ ERRORS = [
         minimal("setWeight: 20"),
         4,
         "did you mean set_weight? valid steps are analysis, exec, "
-        "mirror, pause, set_weight (or run `deployctl playbook import` for Argo manifests)",
+        "mirror, pause, set_weight, switch (or run `deployctl playbook import` for Argo manifests)",
     ),
     (minimal("set_weight: 5", "pauze: {}"), 5, "unknown step 'pauze': did you mean pause?"),
     (minimal("setCanaryScale: {weight: 5}"), 4, "setCanaryScale has no deployctl equivalent"),
@@ -326,9 +326,24 @@ ERRORS = [
     ),
     (minimal("set_weight: 5", extra="sticky: user-id\n"), 3, "sticky 'user-id' must be a message"),
     (
-        minimal("set_weight: 5", extra="strategy: bluegreen\n"),
+        minimal("set_weight: 5", extra="strategy: shadow\n"),
         3,
-        "strategy: 'bluegreen' is not supported (yet): write canary",
+        "strategy: 'shadow' is not a strategy: write canary, bluegreen or flag",
+    ),
+    (
+        minimal("set_weight: 5", extra="strategy: bluegreen\n"),
+        1,
+        "step 1 (set_weight) cannot be used with strategy bluegreen",
+    ),
+    (
+        minimal("pause: {}", extra="strategy: bluegreen\n"),
+        1,
+        "a bluegreen playbook has exactly one `- switch: {}` step (found 0)",
+    ),
+    (
+        minimal("set_weight: 5", extra="scale_down_delay: 5s\n"),
+        1,
+        "scale_down_delay: only for strategy bluegreen; remove it",
     ),
     (
         minimal("set_weight: 5", extra="setps: []\n"),
