@@ -294,3 +294,57 @@ async def test_a_failing_new_version_is_switched_back_by_itself(
     registry = Registry(redis=redis, keys=Keys(settings.key_prefix))
     assert not await registry.is_valid("shop", "1.1")
     assert await registry.is_valid("shop", "1.0")  # what serves production stays valid
+
+
+SWITCH_THEN_WAIT = """name: bg-kill
+description: Switch, then wait long enough to kill the leading controller.
+strategy: bluegreen
+steps:
+  - pause: {}
+  - switch: {}
+  - pause: {duration: 3s}
+scale_down_delay: 1s
+"""
+
+
+async def test_a_controller_killed_at_the_switch_is_finished_by_the_standby(
+    fleet: Fleet,
+    shops: list[Shop],
+    daemons: list[asyncio.subprocess.Process],
+    settings: Settings,
+    redis: Redis,
+) -> None:
+    """Kill -9 the leader as the switch lands: the standby takes the lead and ends the rollout."""
+    env = environment(settings)
+    standby = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controller", "controller", "run", env=env, cwd=ROOT
+    )
+    daemons.append(standby)
+    orders = await shop(fleet)
+    shops.append(orders)
+    store = await begin(settings, redis, SWITCH_THEN_WAIT)
+    keys = ControllerKeys(settings.key_prefix)
+    leader = (await redis.get(keys.leader())).decode()
+    victim = next(p for p in daemons if f"-{p.pid}-" in leader)
+    await store.request("shop", "promote")
+
+    async def switched() -> bool:
+        return await active_version(settings, redis) == "1.1"
+
+    await eventually(switched, "the switch")
+    victim.kill()
+    await victim.wait()
+
+    async def succeeded() -> bool:
+        return (await phase_of(store)).phase is Phase.SUCCEEDED
+
+    await eventually(succeeded, "the standby ending the rollout", timeout=40)
+    assert (await redis.get(keys.leader())).decode() != leader
+    plan = await plan_of(settings, redis)
+    assert plan is not None
+    assert list(plan.colors.values()) == ["1.1"]
+    total = orders.total()
+    blue = len(orders.blue.received("ORDER"))
+    await orders.send(20)
+    await orders.delivered(total + 20)
+    assert len(orders.blue.received("ORDER")) == blue
