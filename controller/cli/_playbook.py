@@ -97,7 +97,7 @@ def import_manifest(
     ] = None,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Convert an Argo Rollouts canary into a playbook; what it skips is said on stderr."""
+    """Convert an Argo Rollout (canary or blueGreen) into a playbook; what it skips is on stderr."""
     try:
         text = (
             typer.get_text_stream("stdin").read()

@@ -1,9 +1,12 @@
 """Import an Argo Rollouts ``Rollout`` manifest as a playbook.
 
 Argo's canary steps map onto ours (``setWeight`` -> ``set_weight``, ``pause``,
-``analysis``, ``setMirrorRoute`` -> ``mirror``). What has no equivalent here
-(Kubernetes scaling, header routes, experiments) is skipped, and every such
-choice is returned as a warning, so nothing is lost silently.
+``analysis``, ``setMirrorRoute`` -> ``mirror``). A ``blueGreen`` strategy
+becomes a ``bluegreen`` playbook in Argo's order of events: the pre-promotion
+analysis, the pause before promotion, the switch, the post-promotion analysis,
+then ``scale_down_delay``. What has no equivalent here (Kubernetes scaling,
+services, header routes, experiments) is skipped, and every such choice is
+returned as a warning, so nothing is lost silently.
 """
 
 from __future__ import annotations
@@ -26,6 +29,35 @@ _SKIPPED = {
     "experiment": "experiments have no equivalent; add an analysis step to judge the canary",
     "plugin": "step plugins have no equivalent; an exec step can call your own tool",
 }
+_BLUEGREEN = ("spec", "strategy", "blueGreen")
+_BLUEGREEN_MAPPED = frozenset(
+    {
+        "activeService",
+        "previewService",
+        "prePromotionAnalysis",
+        "autoPromotionEnabled",
+        "autoPromotionSeconds",
+        "postPromotionAnalysis",
+        "scaleDownDelaySeconds",
+    }
+)
+_NO_SCALING = (
+    "deployctl routes traffic and does not scale or place instances: your deploy tool does"
+)
+_NO_LABELS = "deployctl labels no pods: routing follows the rollout's colors"
+_BLUEGREEN_SKIPPED = {
+    "previewReplicaCount": _NO_SCALING + " (start the preview color at the size you want)",
+    "scaleDownDelayRevisionLimit": "a rollout keeps one old color, retired when "
+    "scale_down_delay ends",
+    "abortScaleDownDelaySeconds": "on abort deployctl switches back at once; stopping the new "
+    "color's instances is your deploy tool's job",
+    "activeMetadata": _NO_LABELS,
+    "previewMetadata": _NO_LABELS,
+    "antiAffinity": _NO_SCALING,
+    "maxUnavailable": _NO_SCALING,
+}
+#: Where one of our steps came from in the manifest, and what to call it in errors.
+_Origin = tuple[tuple[str | int, ...], str]
 
 
 def _argo_duration(value: object) -> float:
@@ -71,7 +103,7 @@ def _find_rollout(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | N
 
 
 def import_argo(manifest_text: str, source: str = "<manifest>") -> tuple[Playbook, list[str]]:
-    """Convert the canary steps of an Argo Rollouts ``Rollout`` into a playbook.
+    """Convert the canary steps or the blue-green strategy of an Argo ``Rollout`` into a playbook.
 
     The manifest may hold several YAML documents (a Service, then the Rollout):
     the first Rollout is read.
@@ -84,29 +116,74 @@ def import_argo(manifest_text: str, source: str = "<manifest>") -> tuple[Playboo
         The playbook, and a warning for each thing that was skipped or needs a look.
 
     Raises:
-        DefinitionError: There is no Rollout, it has no canary strategy (blue-green
-            is not supported by import yet), or a step cannot be read.
+        DefinitionError: There is no Rollout, it has neither a canary nor a blueGreen
+            strategy (or both), or a step or field cannot be read.
     """
     rollout, node = _find_rollout(manifest_text, source)
     name = _get(rollout, "metadata", "name")
-    strategy = _get(rollout, "spec", "strategy") or {}
+    strategy = _get(rollout, "spec", "strategy")
+    strategy = strategy if isinstance(strategy, dict) else {}
+    warnings: list[str] = []
+    notes: list[str] = []
+    fields: dict[str, Any] = {}
     if "blueGreen" in strategy:
+        if "canary" in strategy:
+            raise DefinitionError(
+                f"Rollout {name} has both spec.strategy.canary and blueGreen: Argo runs one "
+                "strategy; keep the one you use",
+                path=source,
+                line=line_of(node, ("spec", "strategy")),
+            )
+        kind = "bluegreen"
+        steps, origins = _bluegreen(rollout, node, source, fields, warnings, notes)
+    elif isinstance(strategy.get("canary"), dict):
+        kind = "canary"
+        steps, origins = _canary(rollout, node, source, warnings, notes)
+    else:
         raise DefinitionError(
-            f"Rollout {name} uses the blue-green strategy, which import does not support yet: "
-            "write a playbook by hand (docs/playbooks.md)",
-            path=source,
-            line=line_of(node, ("spec", "strategy", "blueGreen")),
-        )
-    if not isinstance(strategy.get("canary"), dict):
-        raise DefinitionError(
-            f"Rollout {name} has no spec.strategy.canary: import converts canary steps",
+            f"Rollout {name} has no spec.strategy.canary or blueGreen: import converts those",
             path=source,
             line=line_of(node, ("spec", "strategy")),
         )
-    warnings: list[str] = []
-    notes: list[str] = []
+    warnings.append(
+        "rollback policy: deployctl defaults (max_failure_rate 0.1, min_failures 5, "
+        "consecutive_crashes 5 in 60s): review it"
+    )
+    rollback: dict[str, Any] = {}
+    deadline = _get(rollout, "spec", "progressDeadlineSeconds")
+    if deadline is not None:
+        rollback["progress_deadline"] = deadline
+    description = f"Imported from Argo Rollout {name} by `deployctl playbook import`."
+    if notes:
+        description += "\n" + "\n".join(notes)
+    data = {"name": name, "description": description, "strategy": kind, "steps": steps, **fields}
+    try:
+        return Playbook.model_validate({**data, "rollback": RollbackPolicy(**rollback)}), warnings
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        at: tuple[str | int, ...]
+        if loc[:1] == ("steps",) and len(loc) > 1 and isinstance(loc[1], int):
+            at, what = origins[loc[1]]
+        elif loc[:1] == ("name",):
+            at, what = ("metadata", "name"), "metadata.name: "
+        elif loc[:1] == ("scale_down_delay",):
+            at, what = (*_BLUEGREEN, "scaleDownDelaySeconds"), "scaleDownDelaySeconds: "
+        else:
+            at, what = ("spec", "progressDeadlineSeconds"), "progressDeadlineSeconds: "
+        raise DefinitionError(what + error["msg"], path=source, line=line_of(node, at)) from None
+
+
+def _canary(
+    rollout: dict[str, Any],
+    node: yaml.Node | None,
+    source: str,
+    warnings: list[str],
+    notes: list[str],
+) -> tuple[list[dict[str, Any]], list[_Origin]]:
+    """Our steps for Argo's canary steps, each with the Argo step it came from."""
     steps: list[dict[str, Any]] = []
-    origins: list[int] = []  # for each of our steps, the index of the Argo step it came from
+    origins: list[_Origin] = []
     for index, argo_step in enumerate(_get(rollout, *_STEPS) or []):
         where = f"Argo step {index + 1} (line {line_of(node, (*_STEPS, index))})"
         if not isinstance(argo_step, dict) or len(argo_step) != 1:
@@ -124,42 +201,142 @@ def import_argo(manifest_text: str, source: str = "<manifest>") -> tuple[Playboo
             ) from None
         if step is not None:
             steps.append(step)
-            origins.append(index)
+            origins.append(((*_STEPS, index), f"Argo step {index + 1}: "))
     if not steps:
         warnings.append("no steps to convert (Argo goes straight to 100%): added set_weight 100")
         steps.append({"set_weight": 100})
+        origins.append((_STEPS, "steps: "))
     background = _get(rollout, "spec", "strategy", "canary", "analysis", "templates")
     if background:
         warnings.append(
             f"background analysis ({_template_names(background)}) not imported: the rollback "
             "policy watches failures all along; add analysis steps where you want a verdict"
         )
+    return steps, origins
+
+
+def _bluegreen(
+    rollout: dict[str, Any],
+    node: yaml.Node | None,
+    source: str,
+    fields: dict[str, Any],
+    warnings: list[str],
+    notes: list[str],
+) -> tuple[list[dict[str, Any]], list[_Origin]]:
+    """Our steps for a blueGreen strategy, in Argo's order of events; its delay into ``fields``.
+
+    Preview analysis, the pause before promotion, the switch, the post-promotion
+    analysis; ``scaleDownDelaySeconds`` becomes ``scale_down_delay``.
+    """
+    spec = _get(rollout, *_BLUEGREEN)
+    if not isinstance(spec, dict):
+        raise DefinitionError(
+            "spec.strategy.blueGreen: a mapping, like `blueGreen: {activeService: web}`",
+            path=source,
+            line=line_of(node, _BLUEGREEN),
+        )
+    steps: list[dict[str, Any]] = []
+    origins: list[_Origin] = []
+
+    def where(key: str) -> str:
+        return f"blueGreen.{key} (line {_key_line(node, (*_BLUEGREEN, key))})"
+
+    def add(step: dict[str, Any] | None, key: str) -> None:
+        if step is not None:
+            steps.append(step)
+            origins.append(((*_BLUEGREEN, key), f"blueGreen.{key}: "))
+
+    def unreadable(key: str, reason: object) -> DefinitionError:
+        line = _key_line(node, (*_BLUEGREEN, key))
+        return DefinitionError(f"{where(key)}: {reason}", path=source, line=line)
+
+    services = [f"{key} {spec[key]}" for key in ("activeService", "previewService") if key in spec]
+    if services:
+        first = "activeService" if "activeService" in spec else "previewService"
+        warnings.append(
+            f"{where(first)}: {', '.join(services)}: nothing to map: deployctl routes by color "
+            "(the preview color takes only messages with preview=yes, the active one the rest)"
+        )
+        notes.append(f"Argo services: {', '.join(services)}.")
+    if "prePromotionAnalysis" in spec:
+        pre = where("prePromotionAnalysis")
+        add(
+            _convert("analysis", spec["prePromotionAnalysis"], pre, warnings, notes),
+            "prePromotionAnalysis",
+        )
+        warnings.append(
+            f"{pre}: before the switch only messages with preview=yes reach the new version: "
+            "send some for the analysis to judge, or run your smoke tests in an exec step"
+        )
+    auto, seconds = spec.get("autoPromotionEnabled"), spec.get("autoPromotionSeconds")
+    if auto is not None and not isinstance(auto, bool):
+        raise unreadable("autoPromotionEnabled", f"{auto!r} is not true or false")
+    if auto is False:
+        add({"pause": {}}, "autoPromotionEnabled")
+        if seconds is not None:
+            warnings.append(
+                f"{where('autoPromotionSeconds')}: ignored, as Argo does when "
+                "autoPromotionEnabled is false: the rollout waits until promoted"
+            )
+    elif seconds is not None:
+        try:
+            add(
+                _convert(
+                    "pause", {"duration": seconds}, where("autoPromotionSeconds"), warnings, notes
+                ),
+                "autoPromotionSeconds",
+            )
+        except ValueError as exc:
+            raise unreadable("autoPromotionSeconds", exc) from None
+    add({"switch": {}}, "activeService")
+    if "postPromotionAnalysis" in spec:
+        post = where("postPromotionAnalysis")
+        add(
+            _convert("analysis", spec["postPromotionAnalysis"], post, warnings, notes),
+            "postPromotionAnalysis",
+        )
+        warnings.append(
+            f"{post}: after the switch the old color takes no traffic, so the analysis has no "
+            "baseline and ends inconclusive (rollback.on_inconclusive); the rollback rules "
+            "watch the new version anyway: a pause after the switch may be what you want"
+        )
+    delay = spec.get("scaleDownDelaySeconds")
+    if delay is not None and delay == 0 and not isinstance(delay, bool):
+        warnings.append(
+            f"{where('scaleDownDelaySeconds')}: 0 (scale down at once) not imported: the old "
+            "color stays registered a while for an instant rollback: kept 30s (Argo's default)"
+        )
+    elif delay is not None:
+        fields["scale_down_delay"] = delay
+        if "postPromotionAnalysis" in spec:
+            warnings.append(
+                f"{where('scaleDownDelaySeconds')}: scale_down_delay counts from the end of the "
+                "post-promotion analysis, where Argo counts from the switch (and cancels the "
+                "analysis when the delay ends)"
+            )
+    for key in spec:
+        if key not in _BLUEGREEN_MAPPED:
+            reason = _BLUEGREEN_SKIPPED.get(key, "not a blueGreen field deployctl knows")
+            warnings.append(f"{where(str(key))}: not imported: {reason}")
     warnings.append(
-        "rollback policy: deployctl defaults (max_failure_rate 0.1, min_failures 5, "
-        "consecutive_crashes 5 in 60s): review it"
+        "scale_down not set: when scale_down_delay ends the old color is retired from routing, "
+        "where Argo scales its ReplicaSet down: add a scale_down exec step to stop its instances"
     )
-    rollback: dict[str, Any] = {}
-    deadline = _get(rollout, "spec", "progressDeadlineSeconds")
-    if deadline is not None:
-        rollback["progress_deadline"] = deadline
-    description = f"Imported from Argo Rollout {name} by `deployctl playbook import`."
-    if notes:
-        description += "\n" + "\n".join(notes)
-    data = {"name": name, "description": description, "strategy": "canary", "steps": steps}
-    try:
-        return Playbook.model_validate({**data, "rollback": RollbackPolicy(**rollback)}), warnings
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = tuple(error["loc"])
-        at: tuple[str | int, ...]
-        if loc[:1] == ("steps",) and len(loc) > 1 and isinstance(loc[1], int):
-            origin = origins[loc[1]]
-            at, what = (*_STEPS, origin), f"Argo step {origin + 1}: "
-        elif loc[:1] == ("name",):
-            at, what = ("metadata", "name"), "metadata.name: "
-        else:
-            at, what = ("spec", "progressDeadlineSeconds"), "progressDeadlineSeconds: "
-        raise DefinitionError(what + error["msg"], path=source, line=line_of(node, at)) from None
+    return steps, origins
+
+
+def _key_line(node: yaml.Node | None, path: tuple[str, ...]) -> int | None:
+    """The line of the last key along ``path`` (``line_of`` gives its value's)."""
+    for depth, key in enumerate(path):
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        pair = next(((k, v) for k, v in node.value if k.value == key), None)
+        if pair is None:
+            return None
+        if depth == len(path) - 1:
+            return int(pair[0].start_mark.line) + 1
+        node = pair[1]
+    return None
 
 
 def _template_names(templates: Any) -> str:

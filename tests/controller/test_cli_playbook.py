@@ -113,18 +113,24 @@ def test_import_as_json_from_stdin() -> None:
     assert data["out"] is None
 
 
-def test_import_refuses_blue_green(tmp_path: Path) -> None:
-    """A blue-green Rollout exits 2 with the reason."""
+def test_import_blue_green(tmp_path: Path) -> None:
+    """A blue-green Rollout imports as a bluegreen playbook; its warnings name their lines."""
     path = tmp_path / "bg.yaml"
     path.write_text(
         "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: web}\nspec:\n"
         "  strategy:\n    blueGreen: {activeService: web}\n"
     )
-    code, _, err = run("playbook", "import", str(path))
-    assert code == 2
-    assert f"{path}:6: Rollout web uses the blue-green strategy" in err
-    code, out, _ = run("playbook", "import", str(path), "--json")
-    assert (code, json.loads(out)["line"]) == (2, 6)
+    code, out, err = run("playbook", "import", str(path))
+    assert code == 0
+    playbook = parse_playbook(out, "stdout")
+    assert (playbook.strategy, [step.kind for step in playbook.steps]) == ("bluegreen", ["switch"])
+    assert "warning: blueGreen.activeService (line 6): activeService web: nothing to map" in err
+    code, out, _ = run("playbook", "import", str(DATA / "argo-bluegreen.yaml"), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["playbook"]["steps"][1:3] == [{"pause": {"duration": None}}, {"switch": {}}]
+    assert data["playbook"]["scale_down_delay"] == 600
+    assert len(data["warnings"]) == 8
 
 
 def test_list() -> None:
