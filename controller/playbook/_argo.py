@@ -295,11 +295,6 @@ def _bluegreen(
             _convert("analysis", spec["postPromotionAnalysis"], post, warnings, notes),
             "postPromotionAnalysis",
         )
-        warnings.append(
-            f"{post}: after the switch the old color takes no traffic, so the analysis has no "
-            "baseline and ends inconclusive (rollback.on_inconclusive); the rollback rules "
-            "watch the new version anyway: a pause after the switch may be what you want"
-        )
     delay = spec.get("scaleDownDelaySeconds")
     if delay is not None and delay == 0 and not isinstance(delay, bool):
         warnings.append(

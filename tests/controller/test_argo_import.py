@@ -264,10 +264,6 @@ def test_realistic_bluegreen_manifest() -> None:
         "preview=yes reach the new version: send some for the analysis to judge, or run your "
         "smoke tests in an exec step",
         analysis_replaced("blueGreen.postPromotionAnalysis (line 43)", "success-rate"),
-        "blueGreen.postPromotionAnalysis (line 43): after the switch the old color takes no "
-        "traffic, so the analysis has no baseline and ends inconclusive "
-        "(rollback.on_inconclusive); the rollback rules watch the new version anyway: a pause "
-        "after the switch may be what you want",
         "blueGreen.scaleDownDelaySeconds (line 49): scale_down_delay counts from the end of the "
         "post-promotion analysis, where Argo counts from the switch (and cancels the analysis "
         "when the delay ends)",
