@@ -5,8 +5,9 @@ version is previewed, the plan's active color (the version serving
 production) takes every ordinary message and the preview color only messages
 that ask for it (``preview=yes``), so it can be exercised before anyone
 depends on it. The switch is one plan change: every communicator applies it
-when Redis announces it. The old color stays in the plan, registered, until
-the rollout ends, so a rollback is one plan change too.
+when Redis announces it and says so, and the switch returns once all have.
+The old color stays in the plan, registered, until the rollout ends, so a
+rollback is one plan change too.
 
 Mirrors, failure policies, the fleet and validity are what they are for a
 canary: those parts are the canary strategy's.
@@ -24,6 +25,8 @@ from strategies._fleet import Fleet
 logger = logging.getLogger(__name__)
 
 COLORS = ("blue", "green")
+#: Seconds a plan change waits for every live communicator to route by it.
+APPLY_TIMEOUT = 2.0
 
 
 class BlueGreenStrategy:
@@ -67,7 +70,7 @@ class BlueGreenStrategy:
             revision=(current.revision + 1) if current else 1,
             reason=reason or (f"switched to {canary}" if weight == 100 else f"previewing {canary}"),
         )
-        await self._plans.set(service, plan)
+        await self._write(service, plan)
         logger.info(
             "%s: %s", service, f"{canary} active" if weight == 100 else f"{canary} in preview"
         )
@@ -85,7 +88,7 @@ class BlueGreenStrategy:
             revision=(current.revision + 1) if current else 1,
             reason=reason or f"{canary} promoted; the old color retired",
         )
-        await self._plans.set(service, plan)
+        await self._write(service, plan)
         return plan
 
     async def rollback(
@@ -98,9 +101,29 @@ class BlueGreenStrategy:
         invalidate: bool,
         evidence: dict[str, Any] | None = None,
     ) -> None:
-        """Every message to ``stable`` at once; ``canary`` out of the plan (invalid if asked)."""
+        """Every message to ``stable`` at once; ``canary`` out of the plan (invalid if asked).
+
+        A blue-green plan never falls back to another color, so switching to a
+        ``stable`` with no live instance would send production nowhere: then
+        ``canary`` keeps serving (and stays in the plan) until ``stable`` is back.
+        """
         current = await self._plans.get(service)
         colors = _colors(current, stable, canary)
+        fleet = await self.fleet(service)
+        if stable not in fleet.live and (canary in fleet.live or canary in fleet.barred):
+            logger.warning(
+                "%s: not switching back to %s, which has no live instance: %s serves on",
+                service, stable, canary,
+            )  # fmt: skip
+            plan = RoutePlan(
+                colors={colors[stable]: stable, colors[canary]: canary},
+                active_color=colors[canary],
+                mirrors=current.mirrors if current else [],
+                revision=(current.revision + 1) if current else 1,
+                reason=f"{reason}; {canary} serves on: {stable} has no live instance",
+            )
+            await self._write(service, plan)
+            return
         plan = RoutePlan(
             colors={colors[stable]: stable},
             active_color=colors[stable],
@@ -108,9 +131,24 @@ class BlueGreenStrategy:
             revision=(current.revision + 1) if current else 1,
             reason=reason,
         )
-        await self._plans.set(service, plan)
+        await self._write(service, plan)
         if invalidate and await self._registry.is_valid(service, canary):
             await self._registry.invalidate(service, canary, reason, evidence)
+
+    async def _write(self, service: str, plan: RoutePlan) -> None:
+        """Write the plan, and return once every live communicator routes by it.
+
+        So a switch (or a rollback) that returned is done: no message is routed
+        by the old plan afterwards. A communicator that does not confirm within
+        ``APPLY_TIMEOUT`` (dying, or cut off from Redis) is named in the log.
+        """
+        await self._plans.set(service, plan)
+        lagging = await self._plans.wait_applied(service, plan.revision, timeout=APPLY_TIMEOUT)
+        if lagging:
+            logger.warning(
+                "%s: plan %d not confirmed within %gs by %s",
+                service, plan.revision, APPLY_TIMEOUT, ", ".join(lagging),
+            )  # fmt: skip
 
     async def protect(self, service: str, canary: str, policy: InvalidationPolicy) -> None:
         """Let the communicator cut ``canary`` off by itself when it crosses ``policy``."""

@@ -93,6 +93,8 @@ class MetricSource(Protocol):
         """Running outcome counts of one version (successes, failures by kind), with their time."""
         ...
 
-    async def latencies(self, service: str, version: str, *, since: float) -> list[float]:
-        """Reply times (seconds) of one version since ``since`` (epoch seconds)."""
+    async def latencies(
+        self, service: str, version: str, *, since: float, until: float | None = None
+    ) -> list[float]:
+        """Reply times (seconds) of one version between two times (epoch seconds)."""
         ...

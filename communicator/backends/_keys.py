@@ -126,6 +126,10 @@ class Keys:
         """String: JSON {router, prints}: fingerprints of the last messages routed there."""
         return f"{self.prefix}router:ckpt:{partition}"
 
+    def plan_applied(self, service: str) -> str:
+        """Hash: communicator id -> the revision of the service's plan it routes by now."""
+        return f"{self.prefix}plan:{service}:applied"
+
     def routers(self) -> str:
         """Sorted set: communicator id -> time of its last heartbeat."""
         return f"{self.prefix}routers"

@@ -8,14 +8,16 @@ in proportion to its number of instances.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from redis.asyncio import Redis
 
 from communicator.backends._keys import Keys
+from communicator.backends._replies import text
 from communicator.wire._message import name_problem
 
 
@@ -180,6 +182,27 @@ class PlanStore:
         """The plan of ``service``, or ``None`` for the default."""
         raw = await self._redis.get(self._keys.plan(service))
         return None if raw is None else RoutePlan.model_validate_json(raw)
+
+    async def applied(self, service: str, revision: int) -> list[str]:
+        """The live communicators not yet routing ``service`` by a plan of ``revision`` or later."""
+        live = cast(list[bytes], await self._redis.zrange(self._keys.routers(), 0, -1))
+        applied = await self._redis.hgetall(self._keys.plan_applied(service))
+        done = {text(k): int(v) for k, v in applied.items()}
+        return sorted(r for r in map(text, live) if done.get(r, -1) < revision)
+
+    async def wait_applied(self, service: str, revision: int, *, timeout: float = 2.0) -> list[str]:
+        """Wait until every live communicator routes by ``revision``; who still did not, if any.
+
+        A switch that returns only then means what it says: no message is
+        routed by the old plan after it (a communicator that died meanwhile
+        is waited for until ``timeout``, then named).
+        """
+        deadline = time.monotonic() + timeout
+        lagging = await self.applied(service, revision)
+        while lagging and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+            lagging = await self.applied(service, revision)
+        return lagging
 
     async def set(self, service: str, plan: RoutePlan | None) -> None:
         """Write (or, with ``None``, remove) the plan of ``service`` and announce it."""

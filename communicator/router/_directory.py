@@ -229,9 +229,7 @@ class Directory:
         entry = self._services.get(service)
         return entry.plan.sticky if entry else None
 
-    def _prepare(
-        self, service: str, command: str, server: str, preview: bool
-    ) -> _Choice | Verdict:
+    def _prepare(self, service: str, command: str, server: str, preview: bool) -> _Choice | Verdict:
         entry = self._services.get(service)
         if entry is None:
             return Verdict.UNAVAILABLE

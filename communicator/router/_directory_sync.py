@@ -89,6 +89,8 @@ class DirectorySync:
             defined_commands=commands,
             since=since,
         )
+        if plan is not None:  # routed by it from now on: say so (a switch waits for this)
+            await self._redis.hset(self._keys.plan_applied(service), self._router_id, plan.revision)
         if deliver:
             await self._cached.deliver_cached(service)
 

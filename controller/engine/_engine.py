@@ -14,19 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from controller.analysis._statistics import percentile
+from controller.engine._guards import LatencyGuard, why_keep_valid
 from controller.engine._rollout import Phase, Request, Rollout, RolloutStore
 from controller.engine._steps import StepRunner
 from controller.playbook._playbook import Playbook
-from controller.playbook._steps import Step
-from strategies import Fleet, MetricSource, Strategy
+from controller.playbook._steps import Step, SwitchStep
+from strategies import MetricSource, Strategy
 
 logger = logging.getLogger(__name__)
-
-#: Reply times the canary needs within the failure window before max_latency_p99 may trip.
-LATENCY_MIN_SAMPLES = 50
-#: Seconds between two reads of a canary's reply times (an XRANGE of up to 20,000 entries).
-LATENCY_CHECK_EVERY = 1.0
 
 
 class RolloutEngine:
@@ -59,12 +54,12 @@ class RolloutEngine:
             transition=self._transition,
             abort=self._abort,
         )
-        self._latency_checked: dict[str, float] = {}  # rollout id -> when
+        self._latency = LatencyGuard(measurements)
         self._stable_missing: dict[str, bool] = {}  # rollout id -> last announced
 
     def _strategy_for(self, rollout: Rollout) -> Strategy:
         """The strategy the rollout's playbook names."""
-        kind = str(rollout.playbook.get("strategy", "canary"))
+        kind = rollout.strategy
         try:
             return self._strategies[kind]
         except KeyError:
@@ -230,7 +225,7 @@ class RolloutEngine:
                 {"invalidation": evidence},
             )
             return True
-        slow = await self._too_slow(rollout, playbook, now)
+        slow = await self._latency.too_slow(rollout, playbook, now)
         if slow is not None:
             await self._abort(rollout, playbook, *slow)
             return True
@@ -246,34 +241,6 @@ class RolloutEngine:
             return True
         return False
 
-    async def _too_slow(
-        self, rollout: Rollout, playbook: Playbook, now: float
-    ) -> tuple[str, dict[str, Any]] | None:
-        """The reason and evidence when the canary's p99 reply time is above the policy's limit."""
-        limit = playbook.rollback.max_latency_p99
-        if limit is None or now - self._latency_checked.get(rollout.id, 0.0) < LATENCY_CHECK_EVERY:
-            return None
-        self._latency_checked[rollout.id] = now
-        window = playbook.rollback.failure_window
-        since = max(now - window, rollout.started_at or rollout.created_at)
-        latencies = await self._measurements.latencies(rollout.service, rollout.canary, since=since)
-        if len(latencies) < LATENCY_MIN_SAMPLES:
-            return None
-        p99 = percentile(latencies, 0.99)
-        if p99 <= limit:
-            return None
-        evidence = {
-            "latency_p99": p99,
-            "max_latency_p99": limit,
-            "samples": len(latencies),
-            "window_seconds": now - since,
-        }
-        return (
-            f"canary p99 reply time {p99 * 1000:.0f} ms above the limit of {limit * 1000:.0f} ms "
-            f"({len(latencies)} replies in the last {now - since:.0f}s)",
-            {"latency": evidence},
-        )
-
     async def _abort(
         self,
         rollout: Rollout,
@@ -288,13 +255,14 @@ class RolloutEngine:
         service would have a live instance; it says so in the history instead.
         """
         await self._end_step(rollout, None)
-        self._latency_checked.pop(rollout.id, None)
+        self._latency.forget(rollout.id)
         self._stable_missing.pop(rollout.id, None)
-        await self._strategy_for(rollout).clear_mirror(rollout.service, canary=rollout.canary)
-        fleet = await self._strategy_for(rollout).fleet(rollout.service)
-        keep = self._keep_valid(rollout, fleet)
+        strategy = self._strategy_for(rollout)
+        await strategy.clear_mirror(rollout.service, canary=rollout.canary)
+        fleet = await strategy.fleet(rollout.service)
+        keep = why_keep_valid(rollout, fleet)
         invalidate = playbook.rollback.invalidate_version and keep is None
-        await self._strategy_for(rollout).rollback(
+        await strategy.rollback(
             rollout.service,
             stable=rollout.stable,
             canary=rollout.canary,
@@ -304,27 +272,14 @@ class RolloutEngine:
         )
         if keep is not None and rollout.canary in fleet.barred:
             # Cut off by the communicator, but nothing else can serve: serve on with it.
-            await self._strategy_for(rollout).reinstate(rollout.service, rollout.canary, keep)
+            await strategy.reinstate(rollout.service, rollout.canary, keep)
             reason = f"{reason}; {rollout.canary} reinstated: {keep}"
         elif keep is not None and playbook.rollback.invalidate_version:
             reason = f"{reason}; {rollout.canary} left valid: {keep}"
+        if (await strategy.fleet(rollout.service)).production == rollout.canary:
+            reason = f"{reason}; every message still goes to {rollout.canary}"
         rollout.weight = 0
         await self._transition(rollout, Phase.ABORTED, f"rolled back: {reason}", evidence)
-
-    @staticmethod
-    def _keep_valid(rollout: Rollout, fleet: Fleet) -> str | None:
-        """Why the canary must stay valid through a rollback, or None if it need not."""
-        service, canary = rollout.service, rollout.canary
-        if canary == rollout.stable:
-            return f"{canary} is also the stable version"
-        if rollout.origin_production == canary:
-            return f"{canary} served production when the rollout started"
-        if not fleet.serves_without(canary):
-            return (
-                f"no other valid version of {service} has a live instance; start instances of "
-                f"{rollout.stable}, then `deployctl version invalidate {service} {canary}`"
-            )
-        return None
 
     async def _retry(self, rollout: Rollout, request: Request | None = None) -> None:
         invalid, _, _ = await self._strategy_for(rollout).canary_invalid(
@@ -334,7 +289,8 @@ class RolloutEngine:
             await self._strategy_for(rollout).reinstate(
                 rollout.service, rollout.canary, "rollout retried"
             )
-        rollout.step, rollout.weight, rollout.step_data = 0, 0, _scratch(rollout)
+        rollout.step, rollout.weight = 0, 0
+        rollout.step_data = _scratch(rollout, keep=("origin",))
         rollout.retries += 1
         await self._transition(
             rollout,
@@ -362,6 +318,8 @@ class RolloutEngine:
         and retires nothing by itself, but never rolls production back.
         """
         data = rollout.step_data
+        if "switched" not in data:  # promoted past the switch: it is never skipped
+            await self._steps.run(rollout, playbook, SwitchStep(), now)
         if "hold_from" not in data:
             data["hold_from"] = now
             await self._transition(
@@ -409,6 +367,6 @@ class RolloutEngine:
         logger.info("%s %s: %s: %s", rollout.service, rollout.canary, phase, reason)
 
 
-def _scratch(rollout: Rollout) -> dict[str, Any]:
-    """A fresh step scratch pad, keeping what the whole rollout needs (its origin)."""
-    return {k: v for k, v in rollout.step_data.items() if k == "origin"}
+def _scratch(rollout: Rollout, keep: tuple[str, ...] = ("origin", "switched")) -> dict[str, Any]:
+    """A fresh step scratch pad, keeping what the whole rollout needs (origin, switch)."""
+    return {k: v for k, v in rollout.step_data.items() if k in keep}

@@ -71,6 +71,16 @@ class Rollout(BaseModel):
     retries: int = 0
     origin_production: str | None = None  # the version serving most traffic when it was created
 
+    @property
+    def strategy(self) -> str:
+        """The strategy its playbook names (``canary``, ``bluegreen``)."""
+        return str(self.playbook.get("strategy", "canary"))
+
+    @property
+    def command_group(self) -> str:
+        """The ``deployctl`` group that drives it: ``canary`` or ``bluegreen``."""
+        return "bluegreen" if self.strategy == "bluegreen" else "canary"
+
 
 class Request(BaseModel):
     """An operator's request to the leading controller, answered in the rollout's history."""
@@ -102,7 +112,7 @@ def _refuse_if_active(raw: bytes | str | None, service: str) -> None:
     if current.phase.active:
         raise RolloutError(
             f"{service} already has an active rollout of {current.canary} ({current.phase}); "
-            f"run `deployctl canary abort {service}` first, or wait for it to end"
+            f"run `deployctl {current.command_group} abort {service}` first, or wait for it to end"
         )
 
 

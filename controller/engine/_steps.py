@@ -120,7 +120,13 @@ class StepRunner:
         return True
 
     async def _switch(self, rollout: Rollout, playbook: Playbook) -> bool:
-        """Blue-green: every message to the new version; the old stays registered for rollback."""
+        """Blue-green: every message to the new version; the old stays registered for rollback.
+
+        What the old version did until now is kept (``switched``): analyses after
+        the switch judge the new version against it, since it gets no traffic.
+        """
+        before = await self._measurements.totals(rollout.service, rollout.stable)
+        rollout.step_data["switched"] = {"at": before.at, "stable": dict(before.counts)}
         await self._strategy_for(rollout).set_weight(
             rollout.service,
             stable=rollout.stable,
@@ -142,7 +148,8 @@ class StepRunner:
             await self._transition(
                 rollout,
                 Phase.PAUSED,
-                f"paused until promoted: run `deployctl canary promote {rollout.service}`",
+                f"paused until promoted: run "
+                f"`deployctl {rollout.command_group} promote {rollout.service}`",
             )
             return False
         if not rollout.step_data.get("announced"):
@@ -169,7 +176,10 @@ class StepRunner:
         if now - data["since"] < step.window:
             return False
         canary = await self._sample(rollout, rollout.canary, data["canary"], data["since"])
-        baseline = await self._sample(rollout, rollout.stable, data["stable"], data["since"])
+        if "switched" in data:  # blue-green, after the switch: the old version's last days
+            baseline = await self._before_switch(rollout, data)
+        else:
+            baseline = await self._sample(rollout, rollout.stable, data["stable"], data["since"])
         verdict = judge(canary, baseline, step.criteria)
         record = {
             "step": rollout.step,
@@ -207,6 +217,23 @@ class StepRunner:
             rollout, rollout.phase, f"analysis inconclusive, going on: {summary}", record
         )
         return True
+
+    async def _before_switch(self, rollout: Rollout, data: dict[str, Any]) -> VersionSample:
+        """What the old version did from the rollout's start to the switch, as a baseline."""
+        switched = data["switched"]
+        origin = data.get("origin", {}).get(rollout.stable, {})
+        counts = switched["stable"]
+        delta = {kind: n - origin.get(kind, 0) for kind, n in counts.items()}
+        since = rollout.started_at or rollout.created_at
+        latencies = await self._measurements.latencies(
+            rollout.service, rollout.stable, since=since, until=switched["at"]
+        )
+        return VersionSample(
+            version=rollout.stable,
+            successes=delta.get("success", 0),
+            failures=sum(delta.get(kind, 0) for kind in _FAILURES),
+            latencies=latencies,
+        )
 
     async def _sample(
         self, rollout: Rollout, version: str, before: dict[str, int], since: float

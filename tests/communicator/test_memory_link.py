@@ -8,12 +8,24 @@ session's real one, in this test's own key space.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from communicator import MemoryBroker, MemoryLink, Message, Settings, Topics, decode, encode
+from communicator import (
+    Keys,
+    MemoryBroker,
+    MemoryLink,
+    Message,
+    PlanStore,
+    RoutePlan,
+    Settings,
+    Topics,
+    decode,
+    encode,
+)
 from communicator.backends._link import LinkError
 from communicator.backends._memory_link import REFUSED, topic_matches, valid_filter
 from communicator.backends._mqtt_packets import Publish
@@ -379,3 +391,17 @@ async def test_a_retained_message_is_ignored_and_cleared(
     await eventually(lambda: asyncio.sleep(0, memory_router.connected), "the router back", 10)
     front.send("orders/PLACE seq=2")
     assert (await orders.next()).parameters["seq"] == "2"  # the retained copy was not routed
+
+
+async def test_a_plan_change_returns_once_every_router_routes_by_it(
+    memory_router: Router, memory_settings: Settings, redis: Redis
+) -> None:
+    """wait_applied: each live router confirms the plan's revision; a silent one is named."""
+    keys = Keys(memory_settings.key_prefix)
+    plans = PlanStore(redis=redis, keys=keys)
+    plan = RoutePlan(colors={"blue": "1", "green": "2"}, active_color="green", revision=7)
+    await plans.set("shop", plan)
+    assert await plans.wait_applied("shop", 7, timeout=5) == []
+    assert memory_router.directory.plan("shop").active_color == "green"
+    await redis.zadd(keys.routers(), {"a-router-that-hung": time.time()})
+    assert await plans.wait_applied("shop", 7, timeout=0.2) == ["a-router-that-hung"]

@@ -106,7 +106,10 @@ class Shop:
         # Read what the two versions print as it comes, so `received` is up to date.
         self._readers = [asyncio.create_task(_read_forever(p)) for p in (blue, green)]
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop the processes, then let the readers reach the end of their output."""
+        await asyncio.gather(*(p.close() for p in (self.blue, self.green, self.front)))
+        await asyncio.wait(self._readers, timeout=10)
         for reader in self._readers:
             reader.cancel()
 
@@ -149,7 +152,7 @@ async def shops() -> AsyncIterator[list[Shop]]:
     made: list[Shop] = []
     yield made
     for each in made:
-        each.stop()
+        await each.stop()
 
 
 async def shop(fleet: Fleet, green_fail_rate: float = 0.0) -> Shop:
@@ -348,3 +351,102 @@ async def test_a_controller_killed_at_the_switch_is_finished_by_the_standby(
     await orders.send(20)
     await orders.delivered(total + 20)
     assert len(orders.blue.received("ORDER")) == blue
+
+
+POST_ANALYSIS = """name: bg-post
+description: Serve on the old color a while, switch, judge the new one against it.
+strategy: bluegreen
+steps:
+  - pause: {duration: 3s}
+  - switch: {}
+  - analysis: {window: 3s, min_sample: 20, max_latency_ratio: 10}
+scale_down_delay: 1s
+rollback: {on_inconclusive: abort}
+"""
+
+
+async def test_a_post_promotion_analysis_judges_against_the_old_version(
+    fleet: Fleet, shops: list[Shop], settings: Settings, redis: Redis
+) -> None:
+    """After the switch the old version gets nothing: its traffic before the switch is the base."""
+    orders = await shop(fleet)
+    shops.append(orders)
+    await orders.front.order(load="shop/ORDER", rate=40)
+    store = await begin(settings, redis, POST_ANALYSIS)
+
+    async def ended() -> bool:
+        return not (await phase_of(store)).phase.active
+
+    await eventually(ended, "the rollout's end", timeout=40)
+    rollout = await phase_of(store)
+    assert rollout.phase is Phase.SUCCEEDED, (rollout.reason, rollout.verdicts)
+    (verdict,) = rollout.verdicts
+    assert verdict["outcome"] == "pass"
+    canary, baseline = verdict["evidence"]["canary"], verdict["evidence"]["baseline"]
+    assert (canary["version"], baseline["version"]) == ("1.1", "1.0")
+    assert canary["successes"] >= 20
+    assert baseline["successes"] >= 20  # the old version's orders before the switch
+
+
+async def test_a_full_promotion_still_switches_before_retiring_the_old_color(
+    fleet: Fleet, shops: list[Shop], settings: Settings, redis: Redis
+) -> None:
+    """promote --full skips every step but the switch: the rollback window follows it."""
+    orders = await shop(fleet)
+    shops.append(orders)
+    store = await begin(settings, redis, MANUAL)
+
+    async def previewing() -> bool:
+        plan = await plan_of(settings, redis)
+        return plan is not None and plan.preview_version == "1.1"
+
+    await eventually(previewing, "the preview plan")
+    await store.request("shop", "promote_full")
+
+    async def succeeded() -> bool:
+        return (await phase_of(store)).phase is Phase.SUCCEEDED
+
+    await eventually(succeeded, "the rollout's end")
+    reasons = [t.reason for t in await store.history("shop")]
+    switched = next(n for n, r in enumerate(reasons) if r.startswith("switched"))
+    holding = next(n for n, r in enumerate(reasons) if r.endswith("then retires"))
+    assert switched < holding
+
+
+async def test_no_rollback_to_an_old_color_that_is_gone(
+    fleet: Fleet, shops: list[Shop], settings: Settings, redis: Redis
+) -> None:
+    """Abort after the switch while 1.0 has no instance: 1.1 serves on, nothing goes nowhere."""
+    orders = await shop(fleet)
+    shops.append(orders)
+    store = await begin(settings, redis, MANUAL)
+    await store.request("shop", "promote")
+
+    async def switched() -> bool:
+        return await active_version(settings, redis) == "1.1"
+
+    await eventually(switched, "the switch")
+    await orders.blue.close()  # the old color's only instance goes away
+    registry = Registry(redis=redis, keys=Keys(settings.key_prefix))
+
+    async def blue_gone() -> bool:
+        return not [i for i in await registry.instances("shop") if i.version == "1.0"]
+
+    await eventually(blue_gone, "1.0 unregistered")
+    await store.request("shop", "abort")
+
+    async def aborted() -> bool:
+        return (await phase_of(store)).phase is Phase.ABORTED
+
+    await eventually(aborted, "the abort")
+    rollout = await phase_of(store)
+    assert "every message still goes to 1.1" in rollout.reason
+    assert await active_version(settings, redis) == "1.1"
+    assert await registry.is_valid("shop", "1.1")
+    total = len(orders.green.received("ORDER"))
+    await orders.send(20)
+
+    async def served() -> bool:
+        return len(orders.green.received("ORDER")) >= total + 20
+
+    await eventually(served, "1.1 serving on")
