@@ -10,6 +10,7 @@ import typer
 from communicator import __version__, communicatord
 from controller.cli import (
     _alerts,
+    _bluegreen,
     _broker,
     _canary,
     _flag_runs,
@@ -42,6 +43,7 @@ communicator_app.command("run", help="Run a communicator (the same as `communica
 app.add_typer(communicator_app, name="communicator")
 app.add_typer(_playbook.playbook_app, name="playbook")
 app.add_typer(_canary.app, name="canary")
+app.add_typer(_bluegreen.app, name="bluegreen")
 app.command("rollouts")(_rollouts.list_rollouts)
 app.add_typer(_rollouts.rollout_app, name="rollout")
 app.command("status")(_rollouts.status)

@@ -210,6 +210,13 @@ def start(
         within = parse_duration(wait_for_instances) if wait_for_instances else 0.0
     except (DefinitionError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
+    if chosen.strategy != "canary":
+        fail(
+            f"playbook {chosen.name} is for strategy {chosen.strategy}, not canary: give a canary "
+            "playbook (`deployctl playbook list`), or run this one with `deployctl "
+            f"{'flag rollout' if chosen.strategy == 'flag' else 'bluegreen start'}`",
+            as_json=as_json,
+        )
 
     async def action(access: RegistryAccess) -> tuple[Rollout, int]:
         fleet = await wait_for_instance(access, service, version, within, as_json=as_json)

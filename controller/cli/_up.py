@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from rich.console import Console
 
 from communicator import BackendError, ConfigError
 from controller.cli._output import JSON_OPTION, Exit, console, emit, err_console, fail
@@ -16,6 +17,7 @@ from controller.cli._registry import load_settings
 from controller.engine._rollout import Phase
 from controller.engine._views import rollout_data
 from controller.local._demo import run_demo
+from controller.local._demo_bluegreen import run_bluegreen_demo
 from controller.local._demo_shadow import run_shadow_demo
 from controller.local._discovery import announce_up, running_up, withdraw_up
 from controller.local._up import Stack
@@ -80,7 +82,11 @@ async def _until_stopped(stack: Stack, stopped: asyncio.Event) -> None:
 
 def demo(
     scenario: Annotated[
-        str, typer.Argument(help="canary (a rollout rolled back or promoted) or shadow.")
+        str,
+        typer.Argument(
+            help="canary (a rollout rolled back or promoted), bluegreen (a preview, then a "
+            "switch) or shadow."
+        ),
     ] = "canary",
     healthy: Annotated[
         bool, typer.Option(help="Roll out a healthy canary: it gets promoted.")
@@ -98,8 +104,10 @@ def demo(
             fail(str(exc), code=Exit.BACKEND, as_json=as_json)
         emit(report, as_json=as_json, render=lambda: None)
         return
+    if scenario == "bluegreen":
+        _demo_bluegreen(view, as_json=as_json)
     if scenario != "canary":
-        fail(f"unknown scenario {scenario!r}: use canary or shadow", as_json=as_json)
+        fail(f"unknown scenario {scenario!r}: use canary, bluegreen or shadow", as_json=as_json)
     try:
         rollout = asyncio.run(run_demo(view, healthy=healthy))
     except (BackendError, ConfigError) as exc:
@@ -107,3 +115,13 @@ def demo(
     emit(rollout_data(rollout), as_json=as_json, render=lambda: None)
     expected = Phase.SUCCEEDED if healthy else Phase.ABORTED
     raise typer.Exit(int(Exit.OK if rollout.phase is expected else Exit.NO))
+
+
+def _demo_bluegreen(view: Console, *, as_json: bool) -> NoReturn:
+    """Run the blue-green demo; exit 0 only if every order went to the color it should."""
+    try:
+        report = asyncio.run(run_bluegreen_demo(view))
+    except (BackendError, ConfigError) as exc:
+        fail(str(exc), code=Exit.BACKEND, as_json=as_json)
+    emit(report, as_json=as_json, render=lambda: None)
+    raise typer.Exit(int(Exit.OK if report["ok"] else Exit.NO))

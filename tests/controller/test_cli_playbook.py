@@ -130,7 +130,7 @@ def test_import_blue_green(tmp_path: Path) -> None:
     data = json.loads(out)
     assert data["playbook"]["steps"][1:3] == [{"pause": {"duration": None}}, {"switch": {}}]
     assert data["playbook"]["scale_down_delay"] == 600
-    assert len(data["warnings"]) == 8
+    assert len(data["warnings"]) == 7
 
 
 def test_list() -> None:
