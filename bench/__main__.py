@@ -1,5 +1,8 @@
 """Run every benchmark in bench/ (``make bench``); each prints its own ratios.
 
+``python -m bench bluegreen reaction`` runs only those whose file name
+contains one of the words given.
+
 Unless ``DEPLOYCTL_BENCH_MQTT_URL`` names a broker, the benchmarks run against
 a Mosquitto of their own configured as ``deployctl broker-config`` recommends
 for production (``set_tcp_nodelay true``). Mosquitto's default leaves Nagle's
@@ -49,18 +52,27 @@ def production_broker() -> Iterator[str | None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
+    """Run every benchmark, or those whose file name contains one of ``names``."""
+    scripts = [
+        script
+        for script in sorted(HERE.glob("bench_*.py"))
+        if not names or any(name in script.stem for name in names)
+    ]
+    if not scripts:
+        print(f"no benchmark matches {' '.join(names)}", file=sys.stderr)
+        return 2
     failed = 0
     with production_broker() as url:
         env = dict(os.environ)
         if url is not None:
             env["DEPLOYCTL_BENCH_MQTT_URL"] = url
             print(f"broker: own Mosquitto at {url} with set_tcp_nodelay true", flush=True)
-        for script in sorted(HERE.glob("bench_*.py")):
+        for script in scripts:
             print(f"== {script.name}", flush=True)
             failed += subprocess.call([sys.executable, str(script)], env=env) != 0
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

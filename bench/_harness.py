@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,11 +216,16 @@ class Communicatord:
     for py-spy. On exit it is stopped with SIGTERM (its graceful hand-over) and
     its persistent MQTT session (it connects with ``clean_session=False``) is
     cleared, so runs leave nothing in the broker.
+
+    With ``owners=n`` (n > 1) it is ready once every partition is leased and
+    they are split evenly between ``n`` routers, this one among them: start the
+    other ``n - 1`` first (``bench_bluegreen`` runs two).
     """
 
-    def __init__(self, namespace: Namespace, redis: Redis) -> None:
+    def __init__(self, namespace: Namespace, redis: Redis, *, owners: int = 1) -> None:
         self._ns = namespace
         self._redis = redis
+        self._owners = owners
         self._process: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
         self.router_id = ""
@@ -250,7 +256,7 @@ class Communicatord:
         return self
 
     async def _wait_ready(self) -> None:
-        """Wait until the router holds every partition lease (it routes from then on)."""
+        """Wait until the router holds every partition lease, or its even share of them."""
         assert self._process is not None
         keys = [self._ns.keys.router_lease(p) for p in range(PARTITIONS)]
         deadline = time.monotonic() + TIMEOUT
@@ -259,14 +265,30 @@ class Communicatord:
                 raise RuntimeError(
                     f"communicatord exited ({self._process.returncode}):\n{self.log()}"
                 )
-            owners = set(await self._redis.mget(keys))
-            if len(owners) == 1 and isinstance(owner := owners.pop(), bytes):
-                self.router_id = owner.decode()
-                return
+            leased = await self._redis.mget(keys)
+            owners = set(leased)
+            if self._owners == 1:
+                if len(owners) == 1 and isinstance(owner := owners.pop(), bytes):
+                    self.router_id = owner.decode()
+                    return
+            elif None not in owners and len(owners) == self._owners:
+                share = math.ceil(PARTITIONS / self._owners)
+                # The router id is made from its host, pid and chance (Router.__init__).
+                tag = f"-{self.pid}-".encode()
+                mine = [o for o in owners if isinstance(o, bytes) and tag in o]
+                if mine and max(leased.count(o) for o in owners) <= share:
+                    self.router_id = mine[0].decode()
+                    return
             await asyncio.sleep(0.05)
         raise TimeoutError(
             f"communicatord did not lease its partitions in {TIMEOUT:g} s:\n{self.log()}"
         )
+
+    async def partitions(self) -> list[int]:
+        """The partitions whose lease this router holds now."""
+        keys = [self._ns.keys.router_lease(p) for p in range(PARTITIONS)]
+        mine = self.router_id.encode()
+        return [p for p, owner in enumerate(await self._redis.mget(keys)) if owner == mine]
 
     def log(self) -> str:
         """The router's output so far (its last lines)."""
@@ -459,6 +481,8 @@ class Tally:
     last_seq: int = -1
     out_of_order: int = 0
     latencies: list[float] = field(default_factory=list)
+    #: (received, sent, sender) of the latest messages, when the endpoint keeps a ``history``.
+    recent: deque[tuple[float, float, str]] | None = None
 
     def add(self, now: float, data: bytes, skip: int) -> None:
         """Count one message received at ``now``; keep its latency if its seq is ``>= skip``."""
@@ -471,6 +495,9 @@ class Tally:
             return
         sent, number = float(ts), int(seq)
         self.last_ts = sent
+        if self.recent is not None:  # the sender: the routed form's leading <server:service
+            sender = data[: data.find(b" ")].decode() if data.startswith(b"<") else ""
+            self.recent.append((now, sent, sender))
         if number < self.last_seq:
             self.out_of_order += 1
         self.last_seq = number
@@ -495,7 +522,9 @@ class Endpoint:
     Driven by :func:`serve_endpoint`; every ``op_*`` method is an operation.
     """
 
-    def __init__(self, *, name: str, mqtt_url: str, topic_prefix: str, inflight: int = 100) -> None:
+    def __init__(
+        self, *, name: str, mqtt_url: str, topic_prefix: str, inflight: int = 100, history: int = 0
+    ) -> None:
         self._mqtt = mqtt_connection(
             mqtt_url, f"{name}-{uuid.uuid4().hex[:6]}", max_inflight_messages=inflight
         )
@@ -509,6 +538,10 @@ class Endpoint:
         self._stream: asyncio.Task[int] | None = None
         self._stream_sent = [0]  # how many the background stream sent so far
         self._marks: dict[str, tuple[float, int]] = {}  # topic -> (t0, count at t0)
+        self._history = history  # messages each tally remembers, for ``since``
+
+    def _tally(self) -> Tally:
+        return Tally(recent=deque(maxlen=self._history) if self._history else None)
 
     async def __aenter__(self) -> Endpoint:
         await self._mqtt.__aenter__()
@@ -551,7 +584,7 @@ class Endpoint:
                 continue
             tally = tallies.get(topic)
             if tally is None:
-                tally = tallies[topic] = Tally()
+                tally = tallies[topic] = self._tally()
             tally.add(now, data, self._skip)
 
     # -- operations ---------------------------------------------------------------------------
@@ -587,7 +620,7 @@ class Endpoint:
     async def op_failure(self, client_id: str, reason: str = "bench") -> dict[str, Any]:
         """Send FAILURE as ``client_id``; return t0, taken just before the publish, and mark it."""
         out = self._topics.outbound(client_id)
-        tally = self._tallies.setdefault(out, Tally())
+        tally = self._tallies.setdefault(out, self._tally())
         line = f"FAILURE reason={reason};kind=failure".encode()
         t0 = time.monotonic()
         self._marks[out] = (t0, tally.count)
@@ -604,6 +637,33 @@ class Endpoint:
             "count": tally.count,
             "last": tally.last,
             "last_ts": tally.last_ts,
+        }
+
+    async def op_since(self, topic: str, t0: float) -> dict[str, Any]:
+        """What ``topic`` received after ``t0``, from its history (start with ``history=n``).
+
+        ``received``: how many arrived after ``t0`` (``first``/``last`` the
+        times); ``sent_after``: how many of them were sent after ``t0``, the
+        latest at ``latest_sent``. ``complete`` is False when the history no
+        longer reaches back to ``t0``. ``senders``: per sender, the send times
+        of the first and the last message received after ``t0``.
+        """
+        tally = self._tallies.get(topic, self._tally())
+        recent = tally.recent or ()
+        after = [(got, sent, sender) for got, sent, sender in recent if got > t0]
+        late = [sent for _, sent, _ in after if sent > t0]
+        senders: dict[str, list[float]] = {}
+        for _, sent, sender in after:
+            senders.setdefault(sender, [sent, sent])[1] = sent
+        return {
+            "received": len(after),
+            "first": after[0][0] if after else 0.0,
+            "last": after[-1][0] if after else 0.0,
+            "sent_after": len(late),
+            "latest_sent": max(late) if late else 0.0,
+            "senders": senders,
+            "complete": not recent or recent[0][0] <= t0 or len(recent) < (recent.maxlen or 0),
+            "count": tally.count,
         }
 
     async def op_reset(self, skip: int = 0) -> dict[str, Any]:
