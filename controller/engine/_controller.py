@@ -178,8 +178,13 @@ class Controller:
         renewed = time.monotonic()
         while not self._stopping.is_set():
             try:
-                kept = await self._renew(keys=[self.keys.leader()], args=[self.id, self._ttl_ms])
-            except (RedisError, OSError) as exc:
+                # Bounded: a renewal that never answers must not keep a stopping or
+                # partitioned leader in place (CI once saw one hang past a stop).
+                kept = await asyncio.wait_for(
+                    self._renew(keys=[self.keys.leader()], args=[self.id, self._ttl_ms]),
+                    self._ttl_ms / 3000,
+                )
+            except (RedisError, OSError, TimeoutError) as exc:
                 if time.monotonic() - renewed >= self._ttl_ms / 1000:
                     logger.warning("controller %s steps down: Redis unavailable (%s)", self.id, exc)
                     return
