@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from communicator import EventType, Keys, keep_trying
+from communicator.backends import being_cancelled
 from controller.engine._keys import ControllerKeys
 from controller.engine._rollout import Phase
 from flags import FlagKeys, StatusFlag, StatusFlags
@@ -298,4 +299,6 @@ class StatusFlagRaiser:
                 for flag_id in await self.flags.lower_quiet():
                     logger.info("status flag lowered after its quiet time: %s", flag_id)
             except (RedisError, OSError) as exc:  # the next sweep tries again
+                if being_cancelled():  # redis-py can turn our cancellation into its error
+                    raise asyncio.CancelledError from exc
                 logger.warning("status flags: cannot lower quiet flags now (%s)", exc)

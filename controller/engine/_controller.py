@@ -140,8 +140,7 @@ class Controller:
                 leader = await self.redis.get(self.keys.leader())
                 logger.info("controller %s stands by (leader: %s)", self.id, _text(leader))
                 standing_by = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._ttl_ms / 3000)
+            await wait_event(self._stopping, self._ttl_ms / 3000)
 
     async def _lead(self) -> None:
         self.leading.set()
@@ -180,10 +179,10 @@ class Controller:
             try:
                 # Bounded: a renewal that never answers must not keep a stopping or
                 # partitioned leader in place (CI once saw one hang past a stop).
-                kept = await asyncio.wait_for(
-                    self._renew(keys=[self.keys.leader()], args=[self.id, self._ttl_ms]),
-                    self._ttl_ms / 3000,
-                )
+                async with asyncio.timeout(self._ttl_ms / 3000):
+                    kept = await self._renew(
+                        keys=[self.keys.leader()], args=[self.id, self._ttl_ms]
+                    )
             except (RedisError, OSError, TimeoutError) as exc:
                 if time.monotonic() - renewed >= self._ttl_ms / 1000:
                     logger.warning("controller %s steps down: Redis unavailable (%s)", self.id, exc)
@@ -195,8 +194,7 @@ class Controller:
             if not kept:
                 logger.warning("controller %s lost the lead", self.id)
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._ttl_ms / 3000)
+            await wait_event(self._stopping, self._ttl_ms / 3000)
 
     async def _listen(self) -> None:
         """Wake the engine on operator requests and on invalidations of a version."""
@@ -216,14 +214,15 @@ class Controller:
 
     async def _advance_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._tick)
+            await wait_event(self._wake, self._tick)
             self._wake.clear()
             urgent, self._urgent = self._urgent, set()
             try:
                 await self.advance_all(first=urgent)
                 await self.flag_runs.advance_all()
             except (RedisError, OSError) as exc:
+                if being_cancelled():  # redis-py can turn our cancellation into its error
+                    raise asyncio.CancelledError from exc
                 logger.warning("cannot advance rollouts now: %s", exc)
 
     async def advance_all(self, first: set[str] | None = None) -> None:
@@ -326,3 +325,16 @@ def _down(exc: BaseException) -> bool:
 
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass, whichever comes first.
+
+    Not ``asyncio.wait_for``: on Python 3.11 a cancellation that lands as its
+    timeout fires can be swallowed (CPython gh-86296), and the loop around it
+    then never ends; CI saw a stopping controller hang so. ``asyncio.timeout``
+    keeps the cancellation.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
