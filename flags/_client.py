@@ -27,7 +27,7 @@ from typing import Any, Literal, Self
 import aiomqtt
 
 from communicator import Settings, keep_trying, mqtt_client
-from communicator.backends import being_cancelled
+from communicator.backends import being_cancelled, cancel_and_wait
 from flags._errors import FlagError
 from flags._evaluate import CompiledFlag, FlagType, Reason, Resolution, evaluate
 from flags._model import Flag, flags_from_flagd_document
@@ -85,9 +85,7 @@ class FlagClient:
         tb: TracebackType | None,
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
 
     async def wait_synced(self, timeout: float = 5.0) -> bool:
         """Wait (up to ``timeout``) for the broker's flags; ``False`` if they did not come."""

@@ -55,6 +55,21 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+def awaiting(coro: Any) -> list[Any]:
+    """The frames of ``coro`` and of everything it awaits, outermost first.
+
+    ``Task.get_stack`` gives only the task's own frame; a hang is told by the
+    innermost one (the lock, the socket read, the shielded teardown).
+    """
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frames
+
+
 async def finished(task: asyncio.Task[Any], what: str, timeout: float = 15.0) -> None:
     """Wait for ``task`` to end; after ``timeout``, fail showing where every task is stuck.
 
@@ -70,8 +85,8 @@ async def finished(task: asyncio.Task[Any], what: str, timeout: float = 15.0) ->
         if pending is asyncio.current_task():
             continue
         frames = "".join(
-            f"\n    {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
-            for f in pending.get_stack()
+            f"\n    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+            for frame in awaiting(pending.get_coro())
         )
         stuck.append(f"  {pending.get_name()}:{frames}")
     task.cancel()
@@ -356,3 +371,4 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-process CLI (``deployctl_json``) uses this test's Redis and key space."""
     monkeypatch.setenv("DEPLOYCTL_REDIS_URL", settings.redis_url or "")
     monkeypatch.setenv("DEPLOYCTL_KEY_PREFIX", settings.key_prefix)
+

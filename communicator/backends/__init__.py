@@ -14,6 +14,7 @@ from communicator.backends._mqtt import broker_url, mqtt_client, wait_for_broker
 from communicator.backends._redis import connect_redis, redis_backend
 from communicator.backends._replies import text
 from communicator.backends._settings import Settings, masked, parse_mqtt_url
+from communicator.backends._tasks import cancel_and_wait
 from communicator.backends._topics import Topics
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "backoff_delay",
     "being_cancelled",
     "broker_url",
+    "cancel_and_wait",
     "connect_redis",
     "keep_trying",
     "masked",

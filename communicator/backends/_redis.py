@@ -50,7 +50,7 @@ def _client(url: str, settings: Settings, *, retries: bool) -> Redis:
         return Redis.from_url(url, **options)
     address = parse_sentinel_url(url)
     secret = settings.redis_sentinel_password
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
         list(address.sentinels),
         sentinel_kwargs={**options, "password": secret.get_secret_value() if secret else None},
         **options,

@@ -26,6 +26,7 @@ from communicator._errors import ClientError, MessageError, RegistrationRefused,
 from communicator.backends._backoff import MAX_WAIT, keep_trying
 from communicator.backends._mqtt import mqtt_client
 from communicator.backends._settings import Settings
+from communicator.backends._tasks import cancel_and_wait
 from communicator.backends._topics import Topics
 from communicator.client._builtins import (
     BUILT_IN,
@@ -173,9 +174,7 @@ class Client:
                     self._in, encode(unregister, self._form), qos=self._qos, timeout=2
                 )
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await cancel_and_wait([self._runner])
         self._runner = None
         for future in self._pending.values():
             future.cancel()

@@ -30,6 +30,7 @@ from communicator.backends._link import LinkError
 from communicator.backends._redis import connect_redis
 from communicator.backends._replies import text
 from communicator.backends._settings import Settings, masked
+from communicator.backends._tasks import cancel_and_wait
 from communicator.router._router import Router
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,7 @@ async def reporting_health(router: Router) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.wait({task})
+        await cancel_and_wait([task])
         await withdraw_health(router)
 
 

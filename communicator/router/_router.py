@@ -27,6 +27,7 @@ from communicator.backends._keys import Keys
 from communicator.backends._link import LinkError
 from communicator.backends._logs import Throttled
 from communicator.backends._settings import Settings
+from communicator.backends._tasks import cancel_and_wait
 from communicator.backends._topics import Topics
 from communicator.registry._measures import Measurements
 from communicator.registry._passwords import PasswordStore
@@ -305,7 +306,7 @@ class Router:
                 ]
                 await self._stopping.wait()
                 self.session.detach()  # stop publishing; closing the link sends what is queued
-                await _cancel_all([mqtt, *background])
+                await cancel_and_wait([mqtt, *background])
         finally:
             await self._hand_over()
 
@@ -355,22 +356,6 @@ class Router:
             logger.warning("handed %d partitions over while reconnecting", released)
         if isinstance(exc, LinkError) and exc.fix:
             logger.warning("broker connection lost: %s", exc.fix)
-
-
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks`` until every one has ended.
-
-    Libraries sometimes turn a cancellation into their own error, which a loop
-    then handles: so cancel again, up to a hundred times.
-    """
-    left = tasks
-    for _ in range(100):
-        for task in left:
-            task.cancel()
-        await asyncio.wait(left, timeout=0.1)
-        left = [task for task in left if not task.done()]
-        if not left:
-            break
 
 
 def _link_down(exc: BaseException) -> bool:

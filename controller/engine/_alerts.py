@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from communicator import EventType, Keys, keep_trying
-from communicator.backends import being_cancelled
+from communicator.backends import being_cancelled, cancel_and_wait
 from controller.engine._keys import ControllerKeys
 from controller.engine._rollout import Phase
 from flags import FlagKeys, StatusFlag, StatusFlags
@@ -122,8 +122,11 @@ class StatusFlagRaiser:
     async def run(self) -> None:
         """Listen and raise flags until cancelled; Redis failures are retried with backoff."""
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._sweep_loop(), name="status-flags-sweep")
-            await self._listen_loop()
+            sweep = tasks.create_task(self._sweep_loop(), name="status-flags-sweep")
+            try:
+                await self._listen_loop()
+            finally:  # a TaskGroup cancels its tasks once; the sweep may need more
+                await cancel_and_wait([sweep])
 
     async def handle(self, channel: str, payload: bytes | str) -> None:
         """Raise or lower the flag one event calls for; other events are ignored.

@@ -36,7 +36,7 @@ from communicator import (
     __version__,
     keep_trying,
 )
-from communicator.backends import being_cancelled
+from communicator.backends import being_cancelled, cancel_and_wait
 from controller.engine._alerts import StatusFlagRaiser
 from controller.engine._engine import RolloutEngine
 from controller.engine._flag_runs import FlagRunEngine, FlagRunStore
@@ -121,8 +121,7 @@ class Controller:
         try:
             await keep_trying(self._stand_by_or_lead, what=f"controller {self.id}", transient=_down)
         finally:
-            health.cancel()
-            await asyncio.wait({health})
+            await cancel_and_wait([health])
             with contextlib.suppress(RedisError, OSError):
                 if self.leading.is_set():
                     await self.redis.delete(self.keys.leader())
@@ -163,8 +162,7 @@ class Controller:
                     for name, loop in loops.items()
                 ]
                 await self._keep_leading()
-                for task in running:
-                    task.cancel()
+                await cancel_and_wait(running)
         finally:
             self.leading.clear()
 
