@@ -71,14 +71,15 @@ class _Orphan:
     message: Message
 
 
-_Watch = tuple[str, str, str, str, str, str, str, float, float]
+_Watch = tuple[str, str, str, str, str, str, str, float, float, bool]
 
 
 def _watch(entry: object) -> _Watch | None:
     """One hand-off entry, checked; ``None`` when it is not one (garbage is only logged).
 
     The fields: replier, message id, requester, service, version, instance,
-    server, sent and deadline (seconds since the epoch).
+    server, sent and deadline (seconds since the epoch), then whether the
+    request is judged (``1``; ``0`` for probes; absent from older peers: judged).
     """
     if not isinstance(entry, list) or len(entry) < 9:
         return None
@@ -89,7 +90,8 @@ def _watch(entry: object) -> _Watch | None:
         sent, deadline = float(entry[7]), float(entry[8])
     except (TypeError, ValueError):
         return None
-    return (*names, sent, deadline)
+    judged = entry[9] != 0 if len(entry) > 9 else True
+    return (*names, sent, deadline, judged)
 
 
 class Requests:
@@ -150,7 +152,7 @@ class Requests:
     ) -> bool:
         """Deliver a watched request's reply to its requester (False: it is gone)."""
         self._observer.primary_reply(pending.requester, in_reply_to, message)
-        if message.command == "ERROR":
+        if message.command == "ERROR" and pending.judged:
             await self._outcomes.record(
                 replier.service,
                 replier.version,
@@ -182,9 +184,18 @@ class Requests:
             if watch is None:
                 self._log.warning("watches", "malformed request watch %r: ignored", entry)
                 continue
-            replier, message_id, requester, service, version, instance, server, sent, deadline = (
-                watch
-            )
+            (
+                replier,
+                message_id,
+                requester,
+                service,
+                version,
+                instance,
+                server,
+                sent,
+                deadline,
+                judged,
+            ) = watch
             pending = Pending(
                 requester,
                 service,
@@ -193,6 +204,7 @@ class Requests:
                 server,
                 now - (now_wall - sent),
                 now + (deadline - now_wall),
+                judged,
             )
             self.taken += 1
             orphan = self._orphans.pop((replier, message_id), None)
@@ -262,7 +274,7 @@ class Requests:
         self, orphan: _Orphan, message_id: str, pending: Pending, *, latency: float
     ) -> None:
         """Judge a held reply now that its request is known, and deliver it to the requester."""
-        if orphan.message.command != "ERROR":
+        if orphan.message.command != "ERROR" and pending.judged:
             key = (pending.service, pending.version)
             self._tracker.successes[key] += 1
             self._tracker.latencies.setdefault(key, []).append(max(latency, 0.0))

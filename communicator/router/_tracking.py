@@ -23,6 +23,7 @@ class Pending:
     server: str
     sent: float  # monotonic
     deadline: float  # monotonic
+    judged: bool = True  # False for probes (ALIVE, CLOCK, HELP): delivered, never counted
 
 
 @dataclass(slots=True)
@@ -62,19 +63,19 @@ class OutcomeTracker:
         if pending is None:
             return None
         latency = time.monotonic() - pending.sent
-        if not error:
+        if not error and pending.judged:
             self.successes[pending.service, pending.version] += 1
             self.latencies.setdefault((pending.service, pending.version), []).append(latency)
         return Answer(pending, latency)
 
     def timed_out(self, now: float | None = None) -> list[Pending]:
-        """Remove and return the requests whose deadline has passed without a reply."""
+        """Remove the requests whose deadline has passed without a reply; return the judged ones."""
         now = time.monotonic() if now is None else now
         expired = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, replier, message_id = heapq.heappop(self._deadlines)
             pending = self._pending.pop((replier, message_id), None)
-            if pending is not None:
+            if pending is not None and pending.judged:
                 expired.append(pending)
         return expired
 

@@ -26,7 +26,7 @@ from communicator.backends._topics import Topics
 from communicator.router._directory import Instance
 from communicator.router._ports import Partitions, Publisher
 from communicator.router._tracking import OutcomeTracker, Pending
-from communicator.wire._message import Message
+from communicator.wire._message import UNJUDGED_COMMANDS, Message
 from communicator.wire._services import ServiceDefinition
 from communicator.wire._validators import parse_duration
 
@@ -110,8 +110,10 @@ class Watches:
     def watch(self, target: Instance, message: Message, *, requester: str) -> None:
         """Start watching the outcome of ``message``, just delivered to ``target``."""
         message_id = message.parameters.get("message_id")
+        judged = message.command not in UNJUDGED_COMMANDS
         if message_id is None:
-            self._tracker.delivered(target.service, target.version)  # one-way: delivered is done
+            if judged:  # one-way: delivered is done
+                self._tracker.delivered(target.service, target.version)
             return
         now = time.monotonic()
         pending = Pending(
@@ -122,6 +124,7 @@ class Watches:
             target.server,
             now,
             now + self._timeout(target, message),
+            judged,
         )
         partition = self._partitions.partition(target.client_id)
         if self._partitions.owns(partition, now):
@@ -157,6 +160,7 @@ class Watches:
                 pending.server,
                 now_wall - (now - pending.sent),
                 now_wall + (pending.deadline - now),
+                int(pending.judged),
             ]
         )
         self.handed += 1

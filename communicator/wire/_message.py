@@ -21,6 +21,9 @@ BROADCAST_SERVICES = frozenset({"*", "?", "."})
 ALL_SERVERS = "*"
 #: The service name the communicator signs its own messages with (reserved).
 COMMUNICATOR = "communicator"
+#: Commands the client library answers by itself (probes): their requests say
+#: nothing of a version's own work, so they are never judged as its outcomes.
+UNJUDGED_COMMANDS = frozenset({"ALIVE", "CLOCK", "HELP"})
 
 NAME_RE = re.compile(NAME_PATTERN)
 COMMAND_RE = re.compile(COMMAND_PATTERN)

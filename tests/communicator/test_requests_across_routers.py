@@ -178,3 +178,45 @@ async def test_malformed_hand_offs_are_ignored(
     front = await launch(first, "front", "1.0")
     assert (await front.request("orders/PLACE"))["event"] == "reply"
     assert second.requests.taken == 1  # the real hand-off only
+
+
+async def test_probes_are_delivered_but_never_judged(
+    routers: tuple[Router, Router], launch: Launch
+) -> None:
+    """CLOCK, ALIVE and HELP say nothing of a version's work: answered or not, nothing counts.
+
+    The clock check sends CLOCK to every server; were it judged, it would add fast
+    successes to the latencies analysis compares, and a silent instance's CLOCK
+    would count as a timeout against its version.
+    """
+    first, second = routers
+    before = await first.measurements.totals("orders", "1.0")
+    await launch(second, "orders", "1.0", "--commands", "PLACE")
+    await launch(second, "mute", "0.1", "--commands", "CLOCK,ASK", "--behaviour", "silent")
+    front = await launch(first, "front", "1.0")
+    for line in ("orders/CLOCK sent_at=1", "orders/ALIVE", "orders/HELP"):
+        answer = await front.request(line)
+        assert answer["event"] == "reply", answer  # delivered at once, not held
+    assert "no reply" in (await front.request("mute/CLOCK sent_at=1", timeout=0.5))["error"]
+    assert "no reply" in (await front.request("mute/ASK", timeout=0.5))["error"]  # judged
+    assert (await front.request("orders/PLACE"))["event"] == "reply"  # judged
+
+    async def judged() -> bool:
+        counted = (await first.measurements.totals("orders", "1.0")).since(before)
+        return counted.get("success") == 1 and bool(await first.registry.failures("mute"))
+
+    await eventually(judged, "the judged request's success and the judged timeout")
+    (timeout,) = await first.registry.failures("mute")  # the ASK's; the CLOCK's is not there
+    assert timeout.kind == "timeout"
+    assert (await first.measurements.totals("orders", "1.0")).since(before) == {"success": 1}
+    assert second.requests.taken == 6  # every watch crossed: the probes' too, marked unjudged
+
+
+def test_hand_offs_of_older_peers_are_judged() -> None:
+    """An entry without the judged field (a communicator before it) is judged, as it was."""
+    from communicator.router._requests import _watch
+
+    entry = ["orders_1", "m1", "front_1", "orders", "1.0", "orders_1", "web_01", 1.0, 2.0]
+    assert _watch(entry) == (*entry, True)
+    assert _watch([*entry, 0]) == (*entry, False)
+    assert _watch([*entry, 1]) == (*entry, True)
