@@ -114,6 +114,48 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
+#: Prefix of the lines that carry a benchmark's figures to ``python -m bench``'s report.
+RESULT_PREFIX = "BENCH-RESULT "
+
+
+def result(
+    figure: str,
+    *,
+    ours: float,
+    baseline: float | None,
+    unit: str,
+    goal: str,
+    passed: bool | None,
+    rounds: int = 1,
+    note: str = "",
+) -> None:
+    """Print one figure for bench/REPORT.md (``python -m bench`` collects these lines).
+
+    Args:
+        figure: What is measured, e.g. ``"clock: error bound p99, loaded"``.
+        ours: Our path's value, in ``unit``.
+        baseline: The baseline's value measured in the same run (``None``: no baseline).
+        unit: ``ms``, ``msg/s``, ``MB``, ``x``...
+        goal: The goal as people read it, e.g. ``"<= 10 ms"`` (``""``: no goal).
+        passed: Whether the goal was met (``None``: no goal).
+        rounds: Over how many rounds a noisy figure was judged.
+        note: Anything a reader needs to trust the figure.
+    """
+    ratio = ours / baseline if baseline else None
+    record = {
+        "figure": figure,
+        "ours": ours,
+        "baseline": baseline,
+        "ratio": ratio,
+        "unit": unit,
+        "goal": goal,
+        "passed": passed,
+        "rounds": rounds,
+        "note": note,
+    }
+    print(RESULT_PREFIX + json.dumps(record), flush=True)
+
+
 def verdict(name: str, ok: bool, detail: str) -> bool:
     """Print one goal's PASS/FAIL line; return ``ok``."""
     print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")

@@ -368,7 +368,8 @@ def settings(redis_url: str, mqtt_url: str, key_prefix: str, topic_prefix: str) 
 
 @pytest.fixture
 def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The in-process CLI (``deployctl_json``) uses this test's Redis and key space."""
+    """The in-process CLI (``deployctl_json``) uses this test's Redis, broker and name spaces."""
     monkeypatch.setenv("DEPLOYCTL_REDIS_URL", settings.redis_url or "")
     monkeypatch.setenv("DEPLOYCTL_KEY_PREFIX", settings.key_prefix)
-
+    monkeypatch.setenv("DEPLOYCTL_MQTT_URL", settings.mqtt_url or "")
+    monkeypatch.setenv("DEPLOYCTL_TOPIC_PREFIX", settings.topic_prefix)

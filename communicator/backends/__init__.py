@@ -11,6 +11,7 @@ from communicator.backends._keys import Keys
 from communicator.backends._link import MAX_PACKET_SIZE
 from communicator.backends._memory_link import MemoryBroker, MemoryLink
 from communicator.backends._mqtt import broker_url, mqtt_client, wait_for_broker
+from communicator.backends._ntp import NtpStatus, machine_ntp, ntp_parameter
 from communicator.backends._redis import connect_redis, redis_backend
 from communicator.backends._replies import text
 from communicator.backends._settings import Settings, masked, parse_mqtt_url
@@ -24,6 +25,7 @@ __all__ = [
     "Keys",
     "MemoryBroker",
     "MemoryLink",
+    "NtpStatus",
     "Settings",
     "Topics",
     "backoff_delay",
@@ -32,8 +34,10 @@ __all__ = [
     "cancel_and_wait",
     "connect_redis",
     "keep_trying",
+    "machine_ntp",
     "masked",
     "mqtt_client",
+    "ntp_parameter",
     "parse_mqtt_url",
     "redis_backend",
     "text",

@@ -230,6 +230,14 @@ class Settings(BaseSettings):
     """Seconds between the health records ``communicatord`` and the controller write; each
     lives :attr:`health_ttl` (three intervals), so ``--check`` fails soon after a process dies."""
 
+    clock_interval: float = Field(60.0, ge=0)
+    """Seconds between the leading controller's clock checks (``deployctl clock check``);
+    ``0`` turns them off. Each raises a status flag per server beyond :attr:`clock_threshold`."""
+    clock_threshold: float = Field(0.05, gt=0)
+    """Seconds a server's clock may be off the controller's before its status flag is raised."""
+    clock_samples: int = Field(4, ge=1, le=100)
+    """CLOCK round trips per server and check; the one with the smallest delay counts."""
+
     @property
     def health_ttl(self) -> float:
         """Seconds a health record lives: three :attr:`health_interval` (two writes may fail)."""

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -25,6 +26,7 @@ import aiomqtt
 from communicator._errors import ClientError, MessageError, RegistrationRefused, RequestFailed
 from communicator.backends._backoff import MAX_WAIT, keep_trying
 from communicator.backends._mqtt import mqtt_client
+from communicator.backends._ntp import machine_ntp
 from communicator.backends._settings import Settings
 from communicator.backends._tasks import cancel_and_wait
 from communicator.backends._topics import Topics
@@ -33,6 +35,7 @@ from communicator.client._builtins import (
     INFORMATIONAL,
     STOPPING,
     builtin_answer,
+    clock_answer,
     correlated,
 )
 from communicator.wire._codec import WireForm, decode, encode
@@ -106,6 +109,7 @@ class Client:
         self._pending: dict[str, asyncio.Future[Message]] = {}
         self._ids = itertools.count(1)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._ntp = machine_ntp()
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self.stopped = asyncio.Event()  # set on STOP, QUITTING, or a refusal for good
@@ -270,6 +274,7 @@ class Client:
     # -- receiving ----------------------------------------------------------------------------
 
     async def _receive(self, payload: object) -> None:
+        received_at = time.time()
         try:
             message = decode(payload if isinstance(payload, bytes | str) else str(payload))
         except MessageError as exc:
@@ -277,6 +282,13 @@ class Client:
             return
         if message.command in ("READY", "REFUSE"):
             self._on_registration(message)
+            return
+        if message.command == "CLOCK" and "CLOCK" not in self._handlers:
+            # Answered here, ahead of queued work: a busy instance's clock reads true.
+            answer = clock_answer(
+                message, received_at=received_at, ntp_synchronized=self._ntp.synchronized
+            )
+            self._spawn(self._answer_quietly(message, answer))
             return
         in_reply_to = message.parameters.get("in_reply_to")
         if in_reply_to is not None and in_reply_to in self._pending:
@@ -349,9 +361,13 @@ class Client:
     async def _answer(self, request: Message, answer: Message) -> None:
         await self.send(correlated(request, answer))
 
-    async def _reply_error(self, request: Message, reason: str) -> None:
+    async def _answer_quietly(self, request: Message, answer: Message) -> None:
+        """Answer, unless the connection is gone (the asker then times out)."""
         with contextlib.suppress(ClientError):
-            await self._answer(request, request.reply("ERROR", reason=reason))
+            await self._answer(request, answer)
+
+    async def _reply_error(self, request: Message, reason: str) -> None:
+        await self._answer_quietly(request, request.reply("ERROR", reason=reason))
 
     # -- sending ------------------------------------------------------------------------------
 

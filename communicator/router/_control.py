@@ -11,7 +11,9 @@ import time
 from collections.abc import Mapping
 
 from communicator.backends._logs import Throttled
+from communicator.backends._ntp import machine_ntp, ntp_parameter
 from communicator.registry._registry import Registry
+from communicator.router._delivery import correlation
 from communicator.router._directory import Instance
 from communicator.router._ports import (
     BusyReports,
@@ -177,9 +179,15 @@ class Control:
         )
 
     async def _on_clock(self, client_id: str, message: Message) -> None:
+        received_at = f"{time.time():.6f}"
+        replied_at = f"{time.time():.6f}"
         await self._publisher.reply(
             client_id,
             "CLOCK_REPLY",
             sent_at=message.parameters["sent_at"],
-            time=f"{time.time():.6f}",
+            received_at=received_at,
+            replied_at=replied_at,
+            time=replied_at,
+            **ntp_parameter(machine_ntp().synchronized),
+            **correlation(message),
         )

@@ -13,6 +13,7 @@ from controller.cli import (
     _bluegreen,
     _broker,
     _canary,
+    _clock,
     _flag_runs,
     _messages,
     _playbook,
@@ -54,6 +55,7 @@ app.command("up")(_up.up)
 app.command("demo")(_up.demo)
 app.add_typer(_alerts.alerts_app, name="alerts")
 app.add_typer(_shadow.shadow_app, name="shadow")
+app.add_typer(_clock.clock_app, name="clock")
 
 
 def _show_version(value: bool) -> None:

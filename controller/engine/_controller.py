@@ -38,6 +38,7 @@ from communicator import (
 )
 from communicator.backends import being_cancelled, cancel_and_wait
 from controller.engine._alerts import StatusFlagRaiser
+from controller.engine._clock import ClockWatch
 from controller.engine._engine import RolloutEngine
 from controller.engine._flag_runs import FlagRunEngine, FlagRunStore
 from controller.engine._keys import ControllerKeys
@@ -99,6 +100,7 @@ class Controller:
         )
         self.alerts = StatusFlagRaiser(redis=redis, key_prefix=settings.key_prefix)
         self.flag_publisher = FlagPublisher(settings=settings, redis=redis)
+        self.clock = ClockWatch(settings=settings, registry=registry, flags=self.alerts.flags)
         self._tick = tick
         self._ttl_ms = int(lease_ttl * 1000)
         self._renew = redis.register_script(_RENEW)
@@ -153,6 +155,7 @@ class Controller:
                     # Only the leader raises status flags, or each would be counted twice.
                     "controller-status-flags": self.alerts.run,
                     "controller-flags": self.flag_publisher.run,
+                    "controller-clock": self.clock.run,
                 }
                 running = [
                     tasks.create_task(

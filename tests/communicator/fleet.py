@@ -43,8 +43,15 @@ class ServiceProcess:
 
     @classmethod
     async def start(
-        cls, settings: Settings, service: str, version: str, *args: str, ready: bool = True
+        cls,
+        settings: Settings,
+        service: str,
+        version: str,
+        *args: str,
+        ready: bool = True,
+        env: dict[str, str] | None = None,
     ) -> ServiceProcess:
+        """Start the process; ``env`` adds to (or overrides) its environment."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -54,7 +61,7 @@ class ServiceProcess:
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=environment(settings),
+            env={**environment(settings), **(env or {})},
             cwd=ROOT,
         )
         proc = cls(process, f"{service}@{version}")
