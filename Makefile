@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint format bench demo docs clean
+.PHONY: setup test soak lint format bench demo docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "deployctl needs Python >= 3.11")'
@@ -17,6 +17,11 @@ setup: $(STAMP)
 
 test: setup
 	$(BIN)/pytest --cov --cov-report=
+
+# The long soak (10 minutes; DEPLOYCTL_SOAK_SECONDS and DEPLOYCTL_SOAK_RATE change it).
+soak: setup
+	DEPLOYCTL_SOAK_SECONDS=$${DEPLOYCTL_SOAK_SECONDS:-600} DEPLOYCTL_SOAK_RATE=$${DEPLOYCTL_SOAK_RATE:-500} \
+		$(BIN)/pytest --no-cov -s tests/reliability/test_soak.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -4,7 +4,7 @@ It follows docs/protocol.md: one MQTT client per instance, a will that reports
 an unexpected death, REGISTER/READY, the built-in commands answered here, and
 reconnection (with re-registration) after the broker or the network goes away.
 
-About 460 lines, one class on purpose: life cycle, registration, serving and
+About 500 lines, one class on purpose: life cycle, registration, serving and
 sending share one connection's state (the MQTT client, the pending requests,
 the registered future); the pure parts live in ``_builtins``.
 """
@@ -43,6 +43,11 @@ from communicator.wire._message import Message
 from communicator.wire._validators import parse_duration
 
 logger = logging.getLogger(__name__)
+
+#: Seconds without a message after UNREGISTER before a leaving client stops receiving.
+DRAIN_QUIET = 0.1
+#: Longest a leaving client keeps receiving and handling after UNREGISTER.
+DRAIN_SECONDS = 2.0
 
 Handler = Callable[[Message], Awaitable[Message | None]]
 
@@ -110,6 +115,8 @@ class Client:
         self._ids = itertools.count(1)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._ntp = machine_ntp()
+        self._last_received = time.monotonic()
+        self._handling = 0  # handlers running now
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self.stopped = asyncio.Event()  # set on STOP, QUITTING, or a refusal for good
@@ -177,12 +184,31 @@ class Client:
                 await self._mqtt.publish(
                     self._in, encode(unregister, self._form), qos=self._qos, timeout=2
                 )
+            await self._drain()
         if self._runner is not None:
             await cancel_and_wait([self._runner])
         self._runner = None
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()
+
+    async def _drain(self) -> None:
+        """Handle what was routed here before the communicators heard the UNREGISTER.
+
+        Leaving is not instant: a message routed a moment before is still on its
+        way. Receiving goes on until nothing has come for ``DRAIN_QUIET`` seconds
+        and every handler has finished (at most ``DRAIN_SECONDS``), so a clean
+        exit loses none of them.
+        """
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - self._last_received >= DRAIN_QUIET
+            if quiet and self._inbox.empty() and not self._handling:
+                return
+            await asyncio.sleep(DRAIN_QUIET / 4)
+        logger.warning(
+            "%s: still busy %g s after UNREGISTER; leaving", self.client_id, DRAIN_SECONDS
+        )
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -274,7 +300,7 @@ class Client:
     # -- receiving ----------------------------------------------------------------------------
 
     async def _receive(self, payload: object) -> None:
-        received_at = time.time()
+        received_at, self._last_received = time.time(), time.monotonic()
         try:
             message = decode(payload if isinstance(payload, bytes | str) else str(payload))
         except MessageError as exc:
@@ -333,12 +359,15 @@ class Client:
                 task.add_done_callback(lambda _: slots.release())
 
     async def _handle_safely(self, message: Message) -> None:
+        self._handling += 1
         try:
             await self._handle(message)
         except Exception:  # a handler's bug must not kill the client
             logger.exception("%s: handler for %s failed", self.client_id, message.command)
             if "message_id" in message.parameters:
                 await self._reply_error(message, "the handler raised an exception")
+        finally:
+            self._handling -= 1
 
     async def _handle(self, message: Message) -> None:
         command = message.command

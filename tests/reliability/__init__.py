@@ -1,0 +1,1 @@
+"""Fault, load and soak tests: real processes, every message accounted for (issue 15)."""
