@@ -132,6 +132,7 @@ class ServiceProcess:
     async def crash(self) -> None:
         await self.order(crash=True)
         await asyncio.wait_for(self.process.wait(), TIMEOUT)
+        await self._release_pipes()
 
     async def close(self) -> None:
         if self.process.returncode is None:
@@ -142,6 +143,17 @@ class ServiceProcess:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        await self._release_pipes()
+
+    async def _release_pipes(self) -> None:
+        """Read stdout to its end, so the pipe's transport closes before the test's loop does.
+
+        Otherwise it is closed by the garbage collector, maybe during a later test,
+        which then fails on the ResourceWarning (``filterwarnings = error``).
+        """
+        assert self.process.stdout is not None
+        with contextlib.suppress(TimeoutError, ValueError, RuntimeError):
+            await asyncio.wait_for(self.process.stdout.read(), 5)
 
 
 @contextlib.asynccontextmanager
