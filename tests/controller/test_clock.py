@@ -217,3 +217,21 @@ async def test_a_busy_instance_answers_clock_at_once(settings: Settings, router:
         assert started - RESOLUTION <= received <= replied <= answered + RESOLUTION
         release.set()
         assert (await work).command == (await queued).command == "DONE"
+
+
+async def test_the_table_names_each_server_and_the_fix(launch: Launch) -> None:
+    """Without --json: a row per server with its status, and the fix under the table."""
+    from typer.testing import CliRunner
+
+    from controller.cli._app import app
+
+    await launch("ahead", 0.25)
+    await launch("in_step", 0.0)
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["clock", "check", "--threshold", "50ms", "--samples", "2"]
+    )
+    assert result.exit_code == 1, result.output
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert any(line.startswith("ahead") and "skewed" in line for line in lines), lines
+    assert any(line.startswith("in_step") and "ok" in line for line in lines), lines
+    assert "synchronise them with NTP" in result.stdout
