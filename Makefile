@@ -36,6 +36,7 @@ format: setup
 demo: setup
 	$(BIN)/deployctl demo
 
+# Every bench/bench_*.py under its time bound, then bench/REPORT.md (bench/README.md).
 bench: setup
 	$(BIN)/python -m bench
 

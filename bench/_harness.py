@@ -17,6 +17,11 @@ Each run gets its own Redis key prefix and MQTT topic prefix
 broker session. Timestamps in payloads are ``time.monotonic()``: one clock
 for every process of the machine.
 
+Every benchmark (end to end or not) reports its figures with :func:`result`
+(one ``BENCH-RESULT {json}`` line each, collected by ``python -m bench`` into
+bench/REPORT.md) and bounds its run with :func:`watch` (past ``BOUND`` seconds
+it dumps its threads and asyncio tasks, saying where it waited, and stops).
+
 Environment: ``DEPLOYCTL_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``)
 and ``DEPLOYCTL_BENCH_MQTT_URL`` (default ``mqtt://127.0.0.1:1883``).
 """
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
+import linecache
 import logging
 import math
 import os
@@ -160,6 +167,92 @@ def verdict(name: str, ok: bool, detail: str) -> bool:
     """Print one goal's PASS/FAIL line; return ``ok``."""
     print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
     return ok
+
+
+# -- time bound -----------------------------------------------------------------------------
+
+#: Environment variable naming the file ``watch`` writes its dump to (``python -m bench`` sets it).
+DUMP_ENV = "DEPLOYCTL_BENCH_DUMP"
+#: First line of a dump: ``python -m bench`` reports the run as timed out when it sees it.
+TIMEOUT_HEADER = "BENCH-TIMEOUT"
+#: Seconds a timed-out benchmark gets to clean up before faulthandler ends the process.
+GRACE = 30.0
+
+
+class BenchTimeout(SystemExit):
+    """A benchmark ran past its bound.
+
+    A SystemExit, so that ``except Exception`` lets it pass and an asyncio task
+    it lands in re-raises it out of the event loop (``asyncio.run`` then
+    cancels every task, and the benchmark cleans up); uncaught, Python prints
+    its message and exits with 1.
+    """
+
+
+def awaiting(coro: Any) -> list[Any]:
+    """The frames of ``coro`` and of everything it awaits, outermost first, then what it waits on.
+
+    ``Task.get_stack`` gives only the task's own frame; a hang is told by the
+    innermost one (the queue, the socket read, the ``async for``). The last
+    item is the awaited object that is not a coroutine (a Future...), if any.
+    """
+    chain: list[Any] = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            chain.append(coro)  # a Future, an async generator's asend...: the wait itself
+            break
+        chain.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return chain
+
+
+def tasks_report() -> str:
+    """Every asyncio task of the running loop (if any) with its await chain, one frame a line."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return "no running event loop\n"
+    lines = []
+    for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name()):
+        lines.append(f"task {task.get_name()} ({task.get_coro()!r}):")
+        for item in awaiting(task.get_coro()):
+            if hasattr(item, "f_code"):
+                code = item.f_code
+                source = linecache.getline(code.co_filename, item.f_lineno).strip()
+                lines.append(f"  {code.co_filename}:{item.f_lineno} {code.co_name}: {source}")
+            else:
+                lines.append(f"  waiting on {item!r}")
+    return "\n".join(lines) + "\n"
+
+
+def watch(bound: float) -> None:
+    """Stop this benchmark if it runs past ``bound`` seconds, saying where it waited.
+
+    Call it first thing in the script's ``__main__`` block. At ``bound``
+    (SIGALRM) it writes every thread's stack and every asyncio task's await
+    chain, then raises :class:`BenchTimeout` in the main thread: ``asyncio.run``
+    cancels the tasks, so the benchmark's ``finally`` blocks still stop its
+    processes and delete its keys. If that cleanup hangs too, faulthandler ends
+    the process :data:`GRACE` seconds later (another stack dump, exit code 1).
+    The dump goes to the file named by ``DEPLOYCTL_BENCH_DUMP`` (``python -m
+    bench`` reads it for the report), else to stderr.
+    """
+    target = os.environ.get(DUMP_ENV)
+    dump = open(target, "a", encoding="utf-8") if target else sys.stderr  # noqa: SIM115  # kept open for faulthandler
+    faulthandler.enable(dump)
+    faulthandler.dump_traceback_later(bound + GRACE, exit=True, file=dump)
+
+    def expired(signum: int, frame: object) -> None:
+        dump.write(f"{TIMEOUT_HEADER} after {bound:g} s; threads:\n")
+        dump.flush()
+        faulthandler.dump_traceback(dump, all_threads=True)
+        dump.write("asyncio tasks:\n" + tasks_report())
+        dump.flush()
+        raise BenchTimeout(f"benchmark ran past its bound of {bound:g} s")
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, bound)
 
 
 # -- namespace ------------------------------------------------------------------------------
@@ -407,11 +500,15 @@ class Worker:
             RuntimeError: The worker failed or exited.
         """
         assert self._process.stdin is not None
-        self._process.stdin.write((json.dumps({"op": op, **arguments}) + "\n").encode())
-        await self._process.stdin.drain()
-        return await self._answer(timeout)
+        try:
+            async with asyncio.timeout(timeout):  # the write too: a worker that stops reading
+                self._process.stdin.write((json.dumps({"op": op, **arguments}) + "\n").encode())
+                await self._process.stdin.drain()
+                return await self._answer(None)
+        except TimeoutError:
+            raise TimeoutError(f"worker {self.name}: no answer to {op} in {timeout:g} s") from None
 
-    async def _answer(self, timeout: float) -> dict[str, Any]:
+    async def _answer(self, timeout: float | None) -> dict[str, Any]:
         assert self._process.stdout is not None
         line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
         if not line:

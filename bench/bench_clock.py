@@ -50,6 +50,7 @@ from bench._harness import (
     row,
     summary,
     verdict,
+    watch,
 )
 from communicator import Client, Registry, Settings
 from controller.engine._clock import check_clocks
@@ -59,6 +60,7 @@ SAMPLES = 4
 LOAD_RATE = 1000.0  # requests per second through the communicator, during the loaded rounds
 OFFSETS = {"ahead": 0.25, "behind": -0.08, "in_step": 0.0}
 GOAL_BOUND_P99 = 0.010
+BOUND = 180.0  # s: the longest a run may take (python -m bench stops it past that)
 LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
 
 #: A service instance (deployctl's client) that also echoes the baseline's raw CLOCKs.
@@ -312,4 +314,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    watch(BOUND)
     sys.exit(asyncio.run(main()))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._harness import result, watch
 from communicator import decode, encode, parse_line
 
 LINE = "<web_01:front orders/PLACE item=book;qty=2;user=alice;message_id=front1.42;note=gift wrap"
@@ -23,10 +24,12 @@ MESSAGE = parse_line(LINE)
 AS_JSON = encode(MESSAGE, "json")
 AS_DICT = json.loads(AS_JSON)
 N = 20_000
+RUNS = 5
+BOUND = 120.0  # s: the longest a run may take (python -m bench stops it past that)
 
 
 def per_call(statement: object) -> float:
-    runs = [timeit.timeit(statement, number=N) / N * 1e6 for _ in range(5)]  # type: ignore[arg-type]
+    runs = [timeit.timeit(statement, number=N) / N * 1e6 for _ in range(RUNS)]  # type: ignore[arg-type]
     return statistics.median(runs)
 
 
@@ -43,7 +46,19 @@ def main() -> None:
     print(f"{'path':<26}{'ours µs':>10}{'json µs':>10}{'ratio':>8}")
     for name, ours, base in rows:
         print(f"{name:<26}{ours:>10.2f}{base:>10.2f}{ours / base:>8.2f}")
+        baseline = "json.dumps" if name.startswith("encode") else "json.loads"
+        result(
+            f"codec: {name}",
+            ours=ours,
+            baseline=base,
+            unit="µs",
+            goal="",
+            passed=None,
+            rounds=RUNS,
+            note=f"µs per message, median of {RUNS} runs; baseline {baseline} of the same data",
+        )
 
 
 if __name__ == "__main__":
+    watch(BOUND)
     main()

@@ -30,12 +30,15 @@ from redis.asyncio import Redis
 # Run from a checkout without installing: the packages sit beside bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._harness import result, watch
 from communicator.backends import Keys
 from communicator.registry import InvalidationPolicy, Registry
 
 ROUND_SECONDS = 1.0
 ROUNDS = 3
 BATCH = 100
+BOUND = 120.0  # s: the longest a run may take (python -m bench stops it past that)
+COMMAND_TIMEOUT = 10.0  # s: the longest one Redis command may take
 
 
 async def rate(operation: Callable[[], Awaitable[int]]) -> float:
@@ -51,7 +54,7 @@ async def rate(operation: Callable[[], Awaitable[int]]) -> float:
 
 async def main() -> None:
     url = os.environ.get("DEPLOYCTL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    redis = Redis.from_url(url, protocol=2, decode_responses=False)
+    redis = Redis.from_url(url, protocol=2, decode_responses=False, socket_timeout=COMMAND_TIMEOUT)
     keys = Keys(prefix=f"bench:{uuid.uuid4().hex}:")
     # Never trips, so every failure takes the full path: count, history, policy check.
     lenient = InvalidationPolicy(max_failure_rate=1.0, crash_loop=0)
@@ -95,6 +98,17 @@ async def main() -> None:
         for name, value, baseline in rows:
             ratio = f"  {value / baseline:.2f}x baseline" if baseline else ""
             print(f"{name:<38} {value:>10,.0f} /s{ratio}")
+            if baseline:
+                result(
+                    f"outcomes: {name}",
+                    ours=value,
+                    baseline=baseline,
+                    unit="/s",
+                    goal="",
+                    passed=None,
+                    rounds=ROUNDS,
+                    note=f"median rate of {ROUNDS} rounds of {ROUND_SECONDS:g} s, one connection",
+                )
     finally:
         stale = [key async for key in redis.scan_iter(match=f"{keys.prefix}*", count=1000)]
         if stale:
@@ -103,4 +117,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    watch(BOUND)
     asyncio.run(main())
