@@ -15,9 +15,11 @@ import uuid
 
 import aiomqtt
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from communicator import Settings, keep_trying, mqtt_client
+from communicator.backends import cancel_and_wait
 from flags._keys import FlagKeys
 from flags._store import FlagStore, StoredFlag
 from flags._topics import FlagTopics
@@ -64,12 +66,26 @@ class FlagPublisher:
             for stored in (await self._store.all()).values():
                 await self._publish(mqtt, stored.flag.key, stored)
             self.synced.set()
-            async for item in pubsub.listen():
-                if item["type"] != "message":
-                    continue
-                with contextlib.suppress(ValueError, KeyError):
-                    key = json.loads(item["data"])["key"]
-                    await self._publish(mqtt, key, await self._store.get(key))
+            # Nothing is published while no flag changes: watch the connection too, or a
+            # broker restart (which forgets every retained flag) goes unnoticed until then.
+            relaying = asyncio.create_task(self._relay(mqtt, pubsub), name="flags-relay")
+            watching = asyncio.create_task(_until_disconnected(mqtt), name="flags-watch")
+            try:
+                done, _ = await asyncio.wait(
+                    {relaying, watching}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                await cancel_and_wait([relaying, watching])
+            for task in done:
+                task.result()  # the MqttError or RedisError that ended it: reconnect
+
+    async def _relay(self, mqtt: aiomqtt.Client, pubsub: PubSub) -> None:
+        async for item in pubsub.listen():
+            if item["type"] != "message":
+                continue
+            with contextlib.suppress(ValueError, KeyError):
+                key = json.loads(item["data"])["key"]
+                await self._publish(mqtt, key, await self._store.get(key))
 
     async def _publish(self, mqtt: aiomqtt.Client, key: str, stored: StoredFlag | None) -> None:
         payload = (
@@ -77,6 +93,13 @@ class FlagPublisher:
         )  # empty: clears the retained flag
         await mqtt.publish(self._topics.flag(key), payload, qos=1, retain=True)
         self.published += 1
+
+
+async def _until_disconnected(mqtt: aiomqtt.Client) -> None:
+    """Raise ``MqttError`` when the broker connection drops (nothing is subscribed to)."""
+    async for _ in mqtt.messages:
+        pass
+    raise aiomqtt.MqttError("the broker connection ended")
 
 
 def _lost(exc: BaseException) -> bool:

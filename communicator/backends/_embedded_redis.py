@@ -2,21 +2,28 @@
 
 One data file, one server: a lock beside it stops a second ``up`` from
 starting another on the same file, and the socket's path is the same at every
-start (``socket_folder``) so that a CLI in another folder finds it again.
+start (``socket_folder``) so that a CLI in another folder finds it again. The
+server never outlives us: on Linux the kernel sends it SIGTERM when we die,
+even by SIGKILL (``PR_SET_PDEATHSIG``), and it saves its data and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -116,6 +123,7 @@ class EmbeddedRedis:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C for us must not stop it before we do
                 pass_fds=(lock,),  # it holds the lock too, even if we die first
+                preexec_fn=_stopped_when_parent_dies(),
             )
         except OSError as exc:
             await asyncio.to_thread(_release, rundir, lock)
@@ -268,6 +276,38 @@ def socket_folder(path: Path) -> Path:
         folder = Path(tempfile.gettempdir()) / f"deployctl-{os.getuid()}-{digest}"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return folder
+
+
+#: ``prctl`` option: the signal the kernel sends a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _stopped_when_parent_dies() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGTERM the server when we die (Linux only).
+
+    Issue 17: a ``deployctl up`` killed with SIGKILL (or by the OOM killer) runs
+    no cleanup, and its redis-server, in a session of its own, lived on holding
+    the data file's lock, so the next ``up`` could not start. A parent-death
+    signal needs no cooperation from the server, nor a watchdog process; SIGTERM
+    lets it save and exit as on a clean stop. The kernel ties it to the thread
+    that forks, here the event loop's, which lives as long as the stack.
+
+    The function is resolved here, in the parent: between fork and exec the
+    child only makes two system calls.
+    """
+    if not sys.platform.startswith("linux"):
+        return None  # elsewhere a killed `up` still leaves its server behind (issue 17)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    prctl = libc.prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # we died between the fork and prctl: nobody would stop it
+            raise ChildProcessError("deployctl exited while starting its embedded Redis")
+
+    return arm
 
 
 def _release(rundir: Path, lock: int) -> None:
