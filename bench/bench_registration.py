@@ -14,7 +14,12 @@ the last third shows whether a registration costs more as a service grows.
 
 Prints registrations/s, round-trip percentiles, the CPU time the answering
 process (router or echo) spent per round trip, and the ratio ours / baseline
-(higher is better; the issue sets no goal, so no PASS/FAIL).
+(higher is better). Goal (issue 15): the median rate of REGISTER -> READY is
+at least 0.8x that of the echo round trips. Rounds alternate between the two
+paths, so load from other processes hits both alike.
+
+``DEPLOYCTL_BENCH_PYSPY=/tmp/prof`` records the router with py-spy during the
+REGISTER rounds (``/tmp/prof-<round>-registration.txt``). Bound: 120 s (``watch``).
 
 Mosquitto's ``set_tcp_nodelay`` is off by default and paho does not set
 TCP_NODELAY: on such a broker a request/answer exchange often waits about
@@ -24,6 +29,7 @@ TCP_NODELAY: on such a broker a request/answer exchange often waits about
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -38,14 +44,20 @@ from bench._harness import (
     cpu_seconds,
     machine,
     ms,
+    py_spy,
+    result,
     row,
+    verdict,
+    watch,
     workers,
 )
 
+BOUND = 120.0
 COUNT = 300
 CONCURRENCY = 4
 SERVICES = 3
-ROUNDS = 2
+ROUNDS = 3
+GOAL = 0.8
 
 
 def rates(result: dict[str, Any]) -> tuple[float, float, float]:
@@ -59,7 +71,13 @@ def rates(result: dict[str, Any]) -> tuple[float, float, float]:
 
 
 async def round_trips(
-    registrar: Worker, to: str, tag: str, *, check: bool, server_pid: int
+    registrar: Worker,
+    to: str,
+    tag: str,
+    *,
+    check: bool,
+    server_pid: int,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """COUNT round trips to ``to``, with client ids and services unique to ``tag``.
 
@@ -67,17 +85,18 @@ async def round_trips(
     """
     services = [f"svc_{tag}_{n}" for n in range(SERVICES)]
     before = cpu_seconds(server_pid)
-    result = await registrar.call(
-        "roundtrips",
-        to=to,
-        count=COUNT,
-        concurrency=CONCURRENCY,
-        ids=f"{tag}_",
-        services=services,
-        check=check,
-        timeout=120,
-    )
-    return {**result, "cpu": (cpu_seconds(server_pid) - before) / COUNT}
+    async with py_spy(server_pid, profile, label="registration"):
+        answer = await registrar.call(
+            "roundtrips",
+            to=to,
+            count=COUNT,
+            concurrency=CONCURRENCY,
+            ids=f"{tag}_",
+            services=services,
+            check=check,
+            timeout=60,
+        )
+    return {**answer, "cpu": (cpu_seconds(server_pid) - before) / COUNT}
 
 
 def print_rows(rows: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
@@ -103,6 +122,7 @@ def print_rows(rows: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
 async def main() -> int:
     ns = Namespace.fresh("registration")
     redis = ns.redis()
+    profile = os.environ.get("DEPLOYCTL_BENCH_PYSPY")
     echo, register = ns.topic("echo", ""), ns.topics.inbound("")
     try:
         async with (
@@ -129,18 +149,49 @@ async def main() -> int:
                 )
                 rows["register"].append(
                     await round_trips(
-                        registrar, register, f"r{n}", check=True, server_pid=router.pid
+                        registrar,
+                        register,
+                        f"r{n}",
+                        check=True,
+                        server_pid=router.pid,
+                        profile=f"{profile}-{n}" if profile else None,
                     )
                 )
             print(machine())
             medians = print_rows(rows)
             ratio = medians["register"] / medians["echo"]
-            print(f"ratio REGISTER / echo: {ratio:.2f} (the issue sets no goal: report only)")
-            return 0
+            ok = verdict(
+                "registration rate",
+                ratio >= GOAL,
+                f"REGISTER -> READY / echo round trips: {ratio:.2f} (goal >= {GOAL})",
+            )
+            cpu = {k: statistics.median(r["cpu"] for r in rows[k]) for k in rows}
+            result(
+                "registration: REGISTER -> READY rate vs echo round trips",
+                ours=medians["register"],
+                baseline=medians["echo"],
+                unit="per s",
+                goal=f">= {GOAL}x",
+                passed=ok,
+                rounds=ROUNDS,
+                note=f"median of {ROUNDS} alternating rounds of {COUNT}, {CONCURRENCY} at a time",
+            )
+            result(
+                "registration: CPU of the answering process per round trip",
+                ours=cpu["register"] * 1000,
+                baseline=cpu["echo"] * 1000,
+                unit="ms",
+                goal="",
+                passed=None,
+                rounds=ROUNDS,
+                note="communicatord vs the echo relay; less load-dependent than the rates",
+            )
+            return 0 if ok else 1
     finally:
         await ns.delete_keys(redis)
         await redis.aclose()
 
 
 if __name__ == "__main__":
+    watch(BOUND)
     sys.exit(asyncio.run(main()))

@@ -9,6 +9,7 @@ from communicator.backends._broker import EmbeddedBroker, write_password_file
 from communicator.backends._embedded_redis import EmbeddedRedis
 from communicator.backends._keys import Keys
 from communicator.backends._link import MAX_PACKET_SIZE
+from communicator.backends._logs import Throttled
 from communicator.backends._memory_link import MemoryBroker, MemoryLink
 from communicator.backends._mqtt import broker_url, mqtt_client, wait_for_broker
 from communicator.backends._ntp import NtpStatus, machine_ntp, ntp_parameter
@@ -27,6 +28,7 @@ __all__ = [
     "MemoryLink",
     "NtpStatus",
     "Settings",
+    "Throttled",
     "Topics",
     "backoff_delay",
     "being_cancelled",

@@ -228,7 +228,7 @@ class Client:
         except RegistrationRefused as exc:
             if self._registered is not None and not self._registered.done():
                 self._registered.set_exception(exc)
-            if exc.reason != "throttled":
+            if exc.reason not in ("throttled", "unavailable"):
                 self._end(exc)
                 return
             await asyncio.sleep(exc.retry_after or MAX_WAIT)

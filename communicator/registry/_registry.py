@@ -108,15 +108,21 @@ class Registry:
 
     # -- instances and services ------------------------------------------------
 
-    async def register_instance(self, info: InstanceInfo) -> VersionState:
+    async def register_instance(
+        self, info: InstanceInfo, *, with_commands: bool = False
+    ) -> VersionState:
         """Record an instance and its version as seen, unless the version is invalid.
 
         Returns the version's state: when it is invalid, the instance was *not*
         recorded and the router answers ``REFUSE reason=version_invalid``. One
         atomic step, so a version invalidated meanwhile cannot slip in.
+
+        ``with_commands``: once recorded, its commands also become the
+        service's (what :meth:`set_commands` does), in the same step and round trip.
         """
         check_names(info.service, info.version)
         k = self._keys
+        commands = ["1", *sorted(set(info.commands))] if with_commands else [""]
         registered, state = await self._scripts.run(
             "register_instance",
             [
@@ -125,8 +131,16 @@ class Registry:
                 k.services(),
                 k.service_instances(info.service),
                 k.clients(),
+                k.service_commands(info.service),
             ],
-            [info.service, info.version, info.instance, info.client_id, info.model_dump_json()],
+            [
+                info.service,
+                info.version,
+                info.instance,
+                info.client_id,
+                info.model_dump_json(),
+                *commands,
+            ],
         )
         result = VersionState.from_hash(info.service, info.version, flat_fields(state))
         if not registered:

@@ -18,7 +18,7 @@ from communicator.backends._backoff import being_cancelled
 from communicator.backends._logs import Throttled
 from communicator.router._control import NOT_REGISTERED
 from communicator.router._delivery import correlation
-from communicator.router._partitions import PartitionTable, Received
+from communicator.router._partitions import ARRIVED, PartitionTable, Received
 from communicator.router._ports import (
     AddressRouter,
     ControlHandler,
@@ -85,6 +85,7 @@ class Dispatcher:
             self._log.info("undecodable", "unreadable message from %s: %s", received.client_id, exc)
             await self._publisher.reply(received.client_id, "INVALID", reason=str(exc))
             return
+        arrived = ARRIVED.set(received.at)
         try:
             await self.dispatch(partition, received.client_id, message)
         except (RedisError, OSError) as exc:  # Redis away: routing goes on, bookkeeping waits
@@ -93,6 +94,8 @@ class Dispatcher:
             self._log.warning("redis", "Redis error while handling %s: %s", message.command, exc)
         except Exception:  # a bug must cost one message, never the daemon
             logger.exception("failed to route %s from %s", message.command, received.client_id)
+        finally:
+            ARRIVED.reset(arrived)
 
     async def dispatch(self, partition: int, client_id: str, message: Message) -> None:
         """Route one decoded message from ``client_id``."""

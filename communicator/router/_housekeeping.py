@@ -70,7 +70,12 @@ class Housekeeping:
             except (RedisError, OSError) as exc:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
-                logger.warning("housekeeping postponed: %s", exc)
+                self._log.warning(
+                    "housekeeping",
+                    "housekeeping postponed (%s); the counted outcomes wait in memory. "
+                    "Check Redis: that it runs and has memory (maxmemory)",
+                    exc,
+                )
 
     async def round(self) -> None:
         """One round: successes, shadow copies, held replies, timeouts, then the cache."""

@@ -15,6 +15,7 @@ import time
 from redis.exceptions import RedisError
 
 from communicator.backends._backoff import being_cancelled
+from communicator.backends._logs import Throttled
 from communicator.router._cache import MessageCache
 from communicator.router._leases import Leases
 from communicator.router._partitions import PartitionTable
@@ -36,6 +37,7 @@ class Ownership:
         cached: CachedDelivery,
         link: LinkStatus,
         ready: asyncio.Event,
+        log: Throttled,
         lease_ttl: float,
         renew_every: float,
         checkpoint_every: float,
@@ -47,6 +49,7 @@ class Ownership:
         self._cached = cached
         self._link = link
         self._ready = ready
+        self._log = log
         self._lease_ttl = lease_ttl
         self._renew_every = renew_every
         self._checkpoint_every = checkpoint_every
@@ -61,8 +64,11 @@ class Ownership:
             except (RedisError, OSError) as exc:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
-                logger.warning(
-                    "cannot renew partition leases (%s); routing pauses when they lapse", exc
+                self._log.warning(
+                    "leases",
+                    "cannot renew partition leases (%s); routing pauses when they lapse. "
+                    "Check Redis: that it runs and has memory (maxmemory)",
+                    exc,
                 )
             await asyncio.sleep(self._renew_every)
 
@@ -198,4 +204,9 @@ class Ownership:
             except (RedisError, OSError) as exc:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
-                logger.warning("cannot save checkpoints: %s", exc)
+                self._log.warning(
+                    "checkpoints",
+                    "cannot save checkpoints (%s); routing goes on, but a take-over would "
+                    "replay more. Check Redis: that it runs and has memory (maxmemory)",
+                    exc,
+                )

@@ -15,6 +15,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 #: Fingerprints kept per checkpoint: enough that a match is not a coincidence.
@@ -39,6 +40,11 @@ class Received:
     payload: bytes
     fingerprint: int
     at: float  # time.monotonic() on arrival
+
+
+#: When the message being routed now arrived (``Received.at``), for the handlers that need
+#: it: a will that arrived before the current broker connection is the broker's restart.
+ARRIVED: ContextVar[float | None] = ContextVar("ARRIVED", default=None)
 
 
 @dataclass(slots=True)

@@ -3,6 +3,15 @@
 Each change is written to the registry, applied to this router's directory,
 announced to the other communicators, and told to the instances that accept
 STATUS; then the cache delivers what waited for the service.
+
+The announcements go out in order from one background task (see
+:meth:`Registration._announce`): routing does not wait for their Redis round
+trip, which was a quarter of a REGISTER's time. A client repeats its REGISTER
+until READY comes (after 0.5, 1, 2, 4 s...); when thousands reconnect at once,
+most REGISTERs are such repeats (bench/bench_storm.py). A repeat of the
+REGISTER this router just answered, on the same broker connection, with the
+instance unchanged in the directory, is answered READY again without the
+Redis round trips (see :meth:`Registration._repeated`).
 """
 
 from __future__ import annotations
@@ -10,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
+from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
 from communicator.registry._passwords import PasswordStore
 from communicator.registry._registry import InstanceInfo, Registry
 from communicator.router._control import NOT_REGISTERED, WILL_GRACE
-from communicator.router._directory import Directory
+from communicator.router._directory import Directory, Instance
 from communicator.router._directory_sync import instance_of
 from communicator.router._identity import Probes, identity_refusal
+from communicator.router._partitions import ARRIVED
 from communicator.router._ports import (
     Announcer,
     CachedDelivery,
@@ -31,6 +43,21 @@ from communicator.wire._message import Message
 from communicator.wire._services import ServiceDefinition
 
 logger = logging.getLogger(__name__)
+
+#: Seconds during which a REGISTER repeating the one answered READY is answered from memory.
+REPEAT_WINDOW = 10.0
+
+#: Seconds a REGISTER refused because Redis refused the write is told to wait.
+REGISTRY_RETRY = 5.0
+
+
+class _Answered(NamedTuple):
+    """The REGISTER a client was last answered READY to, and what it registered."""
+
+    parameters: dict[str, str]
+    at: float  # monotonic
+    connection: int  # the router's broker connection then (LinkStatus.connections)
+    instance: Instance  # the directory's entry made for it
 
 
 class Registration:
@@ -65,12 +92,41 @@ class Registration:
         self._link = link
         self._probes = probes
         self._pending: set[asyncio.Task[None]] = set()
+        # (service, added, removed) not yet announced, oldest first; one task sends them.
+        self._unannounced: deque[tuple[str, InstanceInfo | None, str | None]] = deque()
+        self._announcing = False
+        self._answered: dict[str, _Answered] = {}  # by client id, oldest first
 
     def _spawn(self, work: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(work)
         task.set_name(name)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _announce(
+        self, service: str, *, added: InstanceInfo | None = None, removed: str | None = None
+    ) -> None:
+        """Announce a change to the other communicators, after those queued before it.
+
+        One task publishes the queue in order, so peers apply the changes in the
+        order this router made them, and routing goes on meanwhile.
+        """
+        self._unannounced.append((service, added, removed))
+        if not self._announcing:
+            self._announcing = True
+            self._spawn(self._send_announcements(), "announcements")
+
+    async def _send_announcements(self) -> None:
+        try:
+            while self._unannounced:
+                service, added, removed = self._unannounced[0]
+                try:
+                    await self._announcer.announce(service, added=added, removed=removed)
+                except (RedisError, OSError) as exc:  # as before: peers learn at their next re-read
+                    logger.warning("could not announce a change of %s: %s", service, exc)
+                self._unannounced.popleft()
+        finally:
+            self._announcing = False
 
     # -- REGISTER -----------------------------------------------------------------------------
 
@@ -81,6 +137,10 @@ class Registration:
         refusal = identity_refusal(client_id, service)
         if refusal is not None:
             await self._publisher.reply(client_id, "REFUSE", **refusal)
+            return
+        repeated = self._repeated(client_id, message)
+        if repeated is not None:
+            await self._ready(client_id, repeated)
             return
         if not await self._password_ok(client_id, service, p.get("password")):
             return
@@ -98,6 +158,52 @@ class Registration:
             self._spawn(self._claim(holder, client_id, message), f"claim-{client_id}")
             return
         await self._register(client_id, message)
+
+    def _repeated(self, client_id: str, message: Message) -> Instance | None:
+        """The instance, if this REGISTER repeats the one just answered READY and nothing changed.
+
+        Nothing may have changed: the same parameters (password included), within
+        ``REPEAT_WINDOW``, on the same broker connection, the directory's entry
+        the very one that REGISTER made (a COMMANDS, a peer's change or a re-read
+        of the service replaces it), and its version still valid. Else the
+        REGISTER goes the whole way again.
+        """
+        answered = self._answered.get(client_id)
+        if answered is None:
+            return None
+        instance = answered.instance
+        if (
+            time.monotonic() - answered.at > REPEAT_WINDOW
+            or answered.connection != self._link.connections
+            or answered.parameters != message.parameters
+            or self._directory.sender(client_id) is not instance
+            or self._directory.is_invalid(instance.service, instance.version)
+        ):
+            return None
+        return instance
+
+    def _remember(self, client_id: str, message: Message, instance: Instance) -> None:
+        """Remember the REGISTER just answered READY (see :meth:`_repeated`)."""
+        now = time.monotonic()
+        answered = self._answered
+        answered.pop(client_id, None)
+        answered[client_id] = _Answered(
+            dict(message.parameters), now, self._link.connections, instance
+        )
+        while answered:  # insertion order is age order: drop those past the window
+            oldest = next(iter(answered))
+            if now - answered[oldest].at <= REPEAT_WINDOW:
+                break
+            del answered[oldest]
+
+    async def _ready(self, client_id: str, instance: Instance) -> None:
+        await self._publisher.reply(
+            client_id,
+            "READY",
+            server=self._server_name,
+            instance=instance.instance,
+            time=f"{time.time():.6f}",
+        )
 
     async def _password_ok(self, client_id: str, service: str, password: str | None) -> bool:
         """Whether the password admits ``client_id`` to ``service`` (else it is told why not)."""
@@ -132,7 +238,7 @@ class Registration:
                 return
             # The holder is gone without a will yet (its host died): the name is free.
             self._directory.remove(holder)
-            await self._announcer.announce(p["service"], removed=holder)
+            self._announce(p["service"], removed=holder)
             await self._register(client_id, message)
         except (RedisError, OSError) as exc:
             logger.warning("could not register %s: %s", client_id, exc)
@@ -152,7 +258,28 @@ class Registration:
             commands=commands,
             registered_at=time.time(),
         )
-        state = await self._registry.register_instance(info)
+        # The commands become the service's in the same step (one Redis round trip).
+        try:
+            state = await self._registry.register_instance(info, with_commands=bool(commands))
+        except (RedisError, OSError) as exc:
+            # Not recorded, so not routable: say so at once rather than leave it to time out.
+            logger.warning(
+                "cannot register %s %s: the registry refused the write (%s); it is told to "
+                "retry in %gs. Check Redis: its memory (maxmemory, noeviction) and that it runs",
+                service,
+                info.instance,
+                exc,
+                REGISTRY_RETRY,
+            )
+            await self._publisher.reply(
+                client_id,
+                "REFUSE",
+                reason="unavailable",
+                retry_after=f"{REGISTRY_RETRY:g}s",
+                message="the registry cannot record instances right now (Redis refused the "
+                "write); register again after retry_after",
+            )
+            return
         if not state.valid:
             await self._publisher.reply(
                 client_id,
@@ -163,18 +290,12 @@ class Registration:
                 f"{service} {version}",
             )
             return
-        if commands:
-            await self._registry.set_commands(service, commands)
-        self._directory.add(instance_of(info))
-        await self._publisher.reply(
-            client_id,
-            "READY",
-            server=self._server_name,
-            instance=info.instance,
-            time=f"{time.time():.6f}",
-        )
+        instance = instance_of(info)
+        self._directory.add(instance)
+        await self._ready(client_id, instance)
+        self._remember(client_id, message, instance)
         await self._status(info.service, info.server, info.version, "up")
-        await self._announcer.announce(service, added=info)
+        self._announce(service, added=info)
         await self._cached.deliver_cached(service)
 
     # -- leaving ------------------------------------------------------------------------------
@@ -188,26 +309,31 @@ class Registration:
         await self._leave(client_id, failure=True)
 
     async def _leave(self, client_id: str, *, failure: bool) -> None:
+        self._answered.pop(client_id, None)
         instance = self._directory.remove(client_id)
-        info = await self._registry.instance_for_client(client_id)
-        if info is None and instance is None:
-            return
-        service = instance.service if instance else info.service  # type: ignore[union-attr]
-        name = instance.instance if instance else info.instance  # type: ignore[union-attr]
-        version = instance.version if instance else info.version  # type: ignore[union-attr]
-        server = instance.server if instance else info.server  # type: ignore[union-attr]
-        if instance is None:
-            self._directory.remove(client_id, service=service)  # a re-read may be under way
+        if instance is None:  # not in the directory: the registry may still hold it
+            info = await self._registry.instance_for_client(client_id)
+            if info is None:
+                return
+            instance = instance_of(info)
+            self._directory.remove(client_id, service=info.service)  # a re-read may be under way
+        service, name, version, server = (
+            instance.service,
+            instance.instance,
+            instance.version,
+            instance.server,
+        )
         await self._registry.unregister_instance(service, name)
         if failure:
+            arrived = ARRIVED.get()
             self._spawn(
                 self._record_disconnect(
-                    client_id, service, version, name, server, self._link.connections
+                    client_id, service, version, name, server, self._link.connections, arrived
                 ),
                 f"disconnect-{client_id}",
             )
         await self._status(service, server, version, "down")
-        await self._announcer.announce(service, removed=client_id)
+        self._announce(service, removed=client_id)
 
     async def _record_disconnect(
         self,
@@ -217,18 +343,23 @@ class Registration:
         instance: str,
         server: str,
         connection: int,
+        arrived: float | None = None,
     ) -> None:
         """Count a will as a failure, unless the broker itself was going away.
 
         Mosquitto publishes every client's will when it shuts down; if our own
         connection drops within the grace period, the wills were the broker's
         restart, not the instances' deaths, and counting them could invalidate
-        every version at once. Nor does a will count when the instance is back
-        within the grace period (its session was taken over by its own new
-        connection).
+        every version at once. A will that arrived before our current broker
+        connection listened was one of those, even when it is routed only now
+        (held in a partition's buffer while the communicators reconnected:
+        ``arrived`` is when it came off the broker). Nor does a will count when
+        the instance is back within the grace period (its session was taken over
+        by its own new connection).
         """
         await asyncio.sleep(WILL_GRACE)
-        if self._link.connections != connection or not self._link.connected:
+        restarted = self._link.connections != connection or not self._link.connected
+        if restarted or (arrived is not None and arrived < self._link.listening_since):
             logger.info("will of %s %s ignored: the broker restarted", service, instance)
             return
         back = self._directory.sender(client_id)
@@ -275,7 +406,7 @@ class Registration:
         await self._registry.register_instance(info)
         await self._registry.set_commands(sender.service, commands)
         self._directory.add(instance_of(info))
-        await self._announcer.announce(sender.service, added=info)
+        self._announce(sender.service, added=info)
         await self._cached.deliver_cached(sender.service)
 
     # -- STATUS -------------------------------------------------------------------------------

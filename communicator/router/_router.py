@@ -135,6 +135,7 @@ class Router:
             cached=self.delivery,
             link=self.session,
             ready=self.ready,
+            log=self.log,
             lease_ttl=self.config.lease_ttl,
             renew_every=self.config.renew_every,
             checkpoint_every=self.config.checkpoint_every,

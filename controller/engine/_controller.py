@@ -36,7 +36,7 @@ from communicator import (
     __version__,
     keep_trying,
 )
-from communicator.backends import being_cancelled, cancel_and_wait
+from communicator.backends import Throttled, being_cancelled, cancel_and_wait
 from controller.engine._alerts import StatusFlagRaiser
 from controller.engine._clock import ClockWatch
 from controller.engine._engine import RolloutEngine
@@ -105,6 +105,7 @@ class Controller:
         self._ttl_ms = int(lease_ttl * 1000)
         self._renew = redis.register_script(_RENEW)
         self._wake = asyncio.Event()
+        self._log = Throttled(logger)  # a Redis outage must not write a line per tick
         self._urgent: set[str] = set()
         self.leading = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -224,7 +225,12 @@ class Controller:
             except (RedisError, OSError) as exc:
                 if being_cancelled():  # redis-py can turn our cancellation into its error
                     raise asyncio.CancelledError from exc
-                logger.warning("cannot advance rollouts now: %s", exc)
+                self._log.warning(
+                    "advance",
+                    "cannot advance rollouts now (%s); they wait where they are. "
+                    "Check Redis: that it runs and has memory (maxmemory)",
+                    exc,
+                )
 
     async def advance_all(self, first: set[str] | None = None) -> None:
         """Advance every active rollout (the services in ``first`` before the others)."""

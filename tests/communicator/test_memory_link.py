@@ -405,3 +405,65 @@ async def test_a_plan_change_returns_once_every_router_routes_by_it(
     assert memory_router.directory.plan("shop").active_color == "green"
     await redis.zadd(keys.routers(), {"a-router-that-hung": time.time()})
     assert await plans.wait_applied("shop", 7, timeout=0.2) == ["a-router-that-hung"]
+
+
+async def test_a_will_that_arrived_before_the_broker_restart_is_not_a_crash(
+    memory_router: Router, broker: MemoryBroker, topics: Topics
+) -> None:
+    """A will held in a partition's buffer while the router reconnected, routed only now.
+
+    The broker sent it as it stopped (every client's will goes out then): it
+    says nothing of the instance. The router judges a will by when it came off
+    the broker: before its current connection listened, it is not counted. A
+    will of the current connection still is (the control). CI saw the first
+    invalidate a version under ``crash_loop=1`` in 2 of 11 broker restarts.
+    """
+    from communicator.router._control import WILL_GRACE
+    from communicator.router._partitions import Received, fingerprint, partition_of
+
+    for client_id in ("stale_1", "live_1"):
+        peer = await Peer.connect(broker, topics, client_id)
+        await peer.register(client_id.split("_")[0], "PLACE")
+    listening = memory_router.session.listening_since
+    for client_id, at in (("stale_1", listening - 1.0), ("live_1", time.monotonic())):
+        payload = f"DISCONNECTED service={client_id.split('_')[0]}".encode()
+        held = Received(client_id, payload, fingerprint(client_id, payload), at)
+        await memory_router.dispatcher.route(partition_of(client_id, 32), held)
+
+    async def counted() -> bool:
+        return bool(await memory_router.registry.failures("live"))
+
+    await eventually(counted, "the live connection's will counted", timeout=WILL_GRACE + 5)
+    assert await memory_router.registry.failures("stale") == []  # judged at the same time
+    assert memory_router.directory.instances("stale") == []  # it did leave, though
+
+
+async def test_a_repeated_register_is_answered_from_memory_until_something_changes(
+    memory_router: Router, broker: MemoryBroker, topics: Topics
+) -> None:
+    """A client repeats REGISTER until READY comes; an exact repeat costs no Redis write.
+
+    Anything that changed sends it the whole way again: other parameters, or the
+    instance gone from the directory (UNREGISTER).
+    """
+    orders = await Peer.connect(broker, topics, "orders_1")
+    await orders.register("orders", "PLACE", instance="east")
+    [first] = await memory_router.registry.instances("orders")
+    again = await orders.register("orders", "PLACE", instance="east")
+    assert again.parameters["instance"] == "east"
+    [stored] = await memory_router.registry.instances("orders")
+    assert stored.registered_at == first.registered_at  # answered from memory
+
+    await orders.register("orders", "PLACE,CANCEL", instance="east")  # changed: the whole way
+    [changed] = await memory_router.registry.instances("orders")
+    assert changed.registered_at > first.registered_at
+    assert sorted(changed.commands) == ["CANCEL", "PLACE"]
+
+    orders.send("UNREGISTER service=orders")
+
+    async def gone() -> bool:
+        return not await memory_router.registry.instances("orders")
+
+    await eventually(gone, "the instance unregistered")
+    await orders.register("orders", "PLACE,CANCEL", instance="east")  # not a repeat any more
+    assert [i.instance for i in await memory_router.registry.instances("orders")] == ["east"]

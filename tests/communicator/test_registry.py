@@ -124,6 +124,34 @@ async def next_event(pubsub: PubSub) -> dict[str, Any]:
 # -- instances, services, versions ----------------------------------------------
 
 
+async def test_register_with_commands_sets_the_services_commands_in_the_same_step(
+    make_registry: Callable[..., Registry],
+) -> None:
+    """with_commands: the instance's commands become the service's; without, they stay."""
+    registry = make_registry()
+    await registry.set_commands("svc", ["OLD"])
+    await registry.register_instance(info("a", client_id="c1"))
+    assert await registry.commands("svc") == ["OLD"]
+    await registry.register_instance(info("b", client_id="c2"), with_commands=True)
+    assert sorted(await registry.commands("svc")) == ["GET", "PUT"]
+
+
+async def test_a_refused_registration_leaves_the_commands_alone(
+    make_registry: Callable[..., Registry],
+) -> None:
+    """An invalid version is not recorded, and its REGISTER changes nothing else either."""
+    registry = make_registry()
+    await registry.set_commands("svc", ["OLD"])
+    await registry.register_instance(info("a", version="2.0", client_id="c1"))
+    assert await registry.invalidate("svc", "2.0", "broken")
+    state = await registry.register_instance(
+        info("b", version="2.0", client_id="c2"), with_commands=True
+    )
+    assert not state.valid
+    assert await registry.commands("svc") == ["OLD"]
+    assert await registry.instance("svc", "b") is None
+
+
 async def test_register_records_instance_version_service_and_client(
     make_registry: Callable[..., Registry],
 ) -> None:

@@ -216,12 +216,6 @@ async def test_a_restarted_broker_loses_no_routed_order_and_invalidates_nothing(
         f"of {len(sent)} sent"
     )
     recorded = [r for records in failures.values() for r in records]
-    if how == "terminate" and recorded and all(kind_of(r) == "disconnect" for r in recorded):
-        # Only this known race, nothing else: the test stays strict on all the rest.
-        pytest.xfail(
-            "a will held in a partition buffer while the communicators reconnect is judged "
-            f"against the new connection and counted as a crash (report of issue 15): {recorded}"
-        )
     assert recorded == [], f"the restart counted as failures: {failures}"
     assert all(valid.values()), f"a version was invalidated: {valid}"
 

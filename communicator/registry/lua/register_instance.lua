@@ -1,7 +1,9 @@
 -- Register an instance unless its version is invalid, and mark the version seen.
 --
--- KEYS: 1 version state, 2 service versions, 3 services, 4 service instances, 5 clients
--- ARGV: 1 service, 2 version, 3 instance, 4 client id, 5 InstanceInfo JSON
+-- KEYS: 1 version state, 2 service versions, 3 services, 4 service instances, 5 clients,
+--       6 service commands
+-- ARGV: 1 service, 2 version, 3 instance, 4 client id, 5 InstanceInfo JSON,
+--       6 '1' to make the instance's commands (ARGV 7...) the service's, else ''
 -- Returns {registered (0/1), version state hash as a flat list}.
 
 local service, instance, client_id = ARGV[1], ARGV[3], ARGV[4]
@@ -28,4 +30,11 @@ if previous then
 end
 redis.call('HSET', KEYS[4], instance, ARGV[5])
 redis.call('HSET', KEYS[5], client_id, ARGV[5])
+
+-- What Registry.set_commands does, in the same step: the latest REGISTER's list wins.
+if ARGV[6] == '1' then
+  redis.call('DEL', KEYS[6])
+  if #ARGV > 6 then redis.call('SADD', KEYS[6], unpack(ARGV, 7)) end
+  redis.call('SADD', KEYS[3], service)
+end
 return {1, redis.call('HGETALL', KEYS[1])}
